@@ -1,0 +1,80 @@
+"""Compatibility shims for RecBole 1.2.1 on the pinned stack (torch 2.13, numpy 1.26, pandas 2.x).
+
+Each shim states why it exists. `apply()` is idempotent and runs on package import.
+"""
+
+import enum
+import logging
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def _checkpoint_safe_globals():
+    """Classes RecBole pickles into a checkpoint (`{"config": Config, ...}`), nothing more.
+
+    Why: torch >= 2.6 loads with `weights_only=True`, which refuses any class not allow-listed, and RecBole's
+    Trainer (`resume_checkpoint`, `evaluate(load_best_model=True)`) calls `torch.load` without arguments.
+    Allow-listing these classes keeps the safe unpickler on for everything else, unlike `weights_only=False`.
+    """
+    import yaml
+    from recbole.config.configurator import Config
+    from recbole.utils import enum_type
+
+    from recbole_prorec.utils import our_models, recbole_model_classes
+
+    enums = [
+        value
+        for value in vars(enum_type).values()
+        if isinstance(value, type) and issubclass(value, enum.Enum) and value.__module__ == enum_type.__name__
+    ]
+    numpy_scalars = [np.dtype, np.core.multiarray.scalar, np.ndarray, np.core.multiarray._reconstruct]
+    numpy_dtypes = [type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32", "bool")]
+    # The Config keeps its YAML loader class and the model class (references only, never instantiated on load).
+    model_classes = [*recbole_model_classes(), *our_models().values()]
+    return [Config, yaml.loader.FullLoader, torch.device, *enums, *numpy_scalars, *numpy_dtypes, *model_classes]
+
+
+def allow_recbole_checkpoints():
+    torch.serialization.add_safe_globals(_checkpoint_safe_globals())
+
+
+def save_checkpoints_with_protocol_2():
+    """Make RecBole's Trainer write checkpoints that torch's weights-only unpickler can read.
+
+    Why: `Trainer._save_checkpoint` calls `torch.save(..., pickle_protocol=4)`, and protocol 4's FRAME opcode is
+    rejected by the weights-only unpickler of torch 2.13 ("Unsupported operand 149"). The wrapper runs RecBole's
+    own method with `torch.save` forced to torch's default protocol 2 for the duration of the call.
+    """
+    from recbole.trainer import trainer as recbole_trainer
+
+    original = recbole_trainer.Trainer._save_checkpoint
+    if getattr(original, "saves_protocol_2", False):
+        return
+    real_save = torch.save
+
+    def save_protocol_2(obj, f, pickle_module=None, pickle_protocol=None, **kwargs):
+        return real_save(obj, f, **kwargs)
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        torch.save = save_protocol_2
+        try:
+            return original(self, epoch, verbose=verbose, **kwargs)
+        finally:
+            torch.save = real_save
+
+    _save_checkpoint.saves_protocol_2 = True
+    recbole_trainer.Trainer._save_checkpoint = _save_checkpoint
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Load a RecBole checkpoint with torch's safe (weights-only) unpickler and our allow-list."""
+    allow_recbole_checkpoints()
+    return torch.load(str(path), map_location=map_location, weights_only=True)
+
+
+def apply():
+    allow_recbole_checkpoints()
+    save_checkpoints_with_protocol_2()

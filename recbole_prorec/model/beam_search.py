@@ -1,0 +1,120 @@
+"""Constrained beam search over item code tuples: only tuples that name an item of the catalogue are generated.
+
+The catalogue's tuples become lookup tensors once (`CodeIndex`): per level, the sorted hashes of every valid
+prefix and a dense mask of the codes that may follow each of them. Decoding a level is then one
+`torch.searchsorted` and one gather for all users and beams at once, with no Python callback per beam (a
+prefix trie walked per beam is what makes public TIGER implementations slow), and no invalid tuple is ever
+produced, so nothing has to be repaired afterwards.
+"""
+
+import torch
+from torch import nn
+
+# Prefix hashes are mixed-radix numbers over the per-level codebook sizes; they must fit in int64.
+_MAX_HASH = 2**62
+
+
+class CodeIndex(nn.Module):
+    """The valid code tuples of a catalogue, as tensors for constrained decoding.
+
+    `item_codes` is the artifact's `[item_num, L]` code table in RecBole's internal item order; rows with a
+    negative code (the `[PAD]` row 0) are not items. A prefix `(c_0, ..., c_{t-1})` hashes to the mixed-radix
+    number `(((c_0) * K_1 + c_1) * K_2 + ...)`, which keeps prefixes of one length in lexicographic order.
+    Buffers are not saved with the model: they are derived from the artifact the model is built from.
+    """
+
+    def __init__(self, item_codes):
+        super().__init__()
+        codes = torch.as_tensor(item_codes, dtype=torch.long)
+        if codes.ndim != 2 or codes.shape[1] == 0:
+            raise ValueError(f"item_codes must be [item_num, L] with L >= 1, got shape {tuple(codes.shape)}")
+        is_item = (codes >= 0).all(1)
+        partial = is_item.logical_not() & (codes >= 0).any(1)
+        if partial.any():
+            row = int(partial.nonzero()[0])
+            raise ValueError(f"item_codes row {row} mixes valid and negative codes: {codes[row].tolist()}")
+        item_ids = is_item.nonzero().squeeze(1)  # [N]
+        if item_ids.numel() == 0:
+            raise ValueError("item_codes holds no item (every row has a negative code)")
+        codes = codes[item_ids]  # [N, L]
+        self.codebook_sizes = [int(k) + 1 for k in codes.max(0).values]
+        capacity = 1
+        for size in self.codebook_sizes:
+            capacity *= size
+        if capacity >= _MAX_HASH:
+            raise ValueError(f"codebook sizes {self.codebook_sizes} give more code tuples than int64 hashes can hold")
+
+        for level in range(self.num_levels):
+            prefix_hashes, inverse = torch.unique(self.prefix_hash(codes[:, :level]), sorted=True, return_inverse=True)
+            next_code_mask = torch.zeros(len(prefix_hashes), self.codebook_sizes[level], dtype=torch.bool)
+            next_code_mask[inverse, codes[:, level]] = True
+            self.register_buffer(f"prefix_hashes_{level}", prefix_hashes, persistent=False)  # [P_l]
+            self.register_buffer(f"next_code_mask_{level}", next_code_mask, persistent=False)  # [P_l, K_l]
+
+        tuple_hashes, order = self.prefix_hash(codes).sort()
+        duplicate = (tuple_hashes[1:] == tuple_hashes[:-1]).nonzero()
+        if duplicate.numel():
+            first, second = item_ids[order[int(duplicate[0])]], item_ids[order[int(duplicate[0]) + 1]]
+            raise ValueError(
+                f"items {int(first)} and {int(second)} share the code tuple {codes[order[int(duplicate[0])]].tolist()}: "
+                "codes must be unique per item (add a collision level)"
+            )
+        self.register_buffer("tuple_hashes", tuple_hashes, persistent=False)  # [N]
+        self.register_buffer("tuple_items", item_ids[order], persistent=False)  # [N]
+
+    @property
+    def num_levels(self):
+        return len(self.codebook_sizes)
+
+    def prefix_hash(self, prefix):
+        """`prefix [..., t]` codes -> `[...]` int64 hashes (0 for the empty prefix)."""
+        hashes = torch.zeros(prefix.shape[:-1], dtype=torch.long, device=prefix.device)
+        for level in range(prefix.shape[-1]):
+            hashes = hashes * self.codebook_sizes[level] + prefix[..., level]
+        return hashes
+
+    def _lookup(self, sorted_hashes, hashes):
+        """Positions of `hashes` in `sorted_hashes` and whether they are there at all."""
+        position = torch.searchsorted(sorted_hashes, hashes).clamp_(max=len(sorted_hashes) - 1)
+        return position, sorted_hashes[position] == hashes
+
+    def allowed_codes(self, prefix):
+        """`prefix [..., t]` -> bool `[..., K_t]`: the level-t codes that continue it towards some item."""
+        level = prefix.shape[-1]
+        position, found = self._lookup(getattr(self, f"prefix_hashes_{level}"), self.prefix_hash(prefix))
+        return getattr(self, f"next_code_mask_{level}")[position] & found.unsqueeze(-1)
+
+    def items(self, codes):
+        """`codes [..., L]` full tuples -> `[...]` internal item ids, 0 where the tuple names no item."""
+        position, found = self._lookup(self.tuple_hashes, self.prefix_hash(codes))
+        return self.tuple_items[position].masked_fill(found.logical_not(), 0)
+
+
+def constrained_beam_search(step_log_probs, index, batch_size, beam_size, device=None):
+    """The `beam_size` best valid code tuples per sequence, found level by level.
+
+    `step_log_probs(prefix, parent)` maps the beams' code prefixes `[B, W, t]` to the log-probabilities of
+    level t's codes `[B, W, K_t]`; `parent [B, W]` says which beam of the previous call each beam extends (None
+    at level 0, where `W == 1`: every beam starts from the same empty prefix), so a caller can reorder a cache. A tuple's score is
+    the sum of its codes' log-probabilities, as in teacher-forced scoring; invalid continuations are masked
+    (not renormalised), so scores equal the model's own log-probabilities of the items. Beams that run out of
+    valid continuations (fewer than `beam_size` items below the surviving prefixes) end with item 0 and score
+    -inf. Deterministic: ties are broken by `torch.topk`.
+
+    Returns `items [B, beam_size]` (internal ids) and `scores [B, beam_size]`, best first.
+    """
+    prefix = torch.zeros(batch_size, 1, 0, dtype=torch.long, device=device)  # [B, W, t]
+    scores = torch.zeros(batch_size, 1, device=device)  # [B, W]
+    parent = None
+    for level, codebook_size in enumerate(index.codebook_sizes):
+        log_probs = step_log_probs(prefix, parent).float()  # [B, W, K]
+        candidates = (scores.unsqueeze(-1) + log_probs).masked_fill(index.allowed_codes(prefix).logical_not(), -torch.inf)
+        candidates = candidates.flatten(1)  # [B, W*K]
+        if candidates.shape[1] < beam_size:
+            candidates = nn.functional.pad(candidates, (0, beam_size - candidates.shape[1]), value=-torch.inf)
+        scores, flat = candidates.topk(beam_size, dim=1)  # [B, beam]
+        parent = torch.div(flat, codebook_size, rounding_mode="floor").clamp_(max=prefix.shape[1] - 1)
+        parent_prefix = prefix.gather(1, parent.unsqueeze(-1).expand(-1, -1, level))  # [B, beam, t]
+        prefix = torch.cat([parent_prefix, (flat % codebook_size).unsqueeze(-1)], dim=-1)  # [B, beam, t+1]
+    items = index.items(prefix).masked_fill(scores == -torch.inf, 0)
+    return items, scores

@@ -1,0 +1,229 @@
+r"""
+PRORecTokenizer
+################################################
+
+Stage 1 of PRORec: a sequential recommender whose item embeddings absorb the items' text semantics, and
+whose fused item embeddings are quantized into item codes for the generative stage.
+
+Reference:
+    Longtao Xiao et al. "Progressive Collaborative and Semantic Knowledge Fusion for Generative
+    Recommendation." arXiv:2502.06269, 2025 (published as UNGER, ACM TOIS 2025).
+
+The paper's collaborative encoder is DIN; here it is SASRec (Kang and McAuley, ICDM 2018), which this
+class extends, so encoder, ``predict`` and ``full_sort_predict`` are RecBole's own SASRec.
+"""
+
+import hashlib
+import json
+import logging
+
+import torch
+import torch.nn.functional as F
+import yaml
+from recbole.model.sequential_recommender.sasrec import SASRec
+from torch import nn
+
+from recbole_prorec.semantic import semantic_embeddings
+from recbole_prorec.utils import PROPERTIES_DIR, cache_dir
+
+logger = logging.getLogger(__name__)
+
+ADAPTATIONS = ("adaln", "layernorm", "mlp")
+CODE_SOURCES = ("integrated", "collaborative", "semantic", "concat")
+ALIGN_ITEMS = ("target", "all")
+# Training options that shape the embeddings, recorded in the artifact (with every option of our YAML).
+_TRAINING_KEYS = ("dataset", "seed", "epochs", "train_batch_size", "learner", "learning_rate", "weight_decay",
+                  "MAX_ITEM_LIST_LENGTH", "valid_metric", "stopping_step")
+
+
+def symmetric_info_nce(anchors, positives, temperature):
+    """CLIP-style InfoNCE between row-paired embeddings, other rows as negatives, both directions averaged.
+
+    ``L = (CE(S, I) + CE(S^T, I)) / 2`` with ``S[i, j] = cos(anchors[i], positives[j]) / temperature``.
+    Cosine (not dot product) keeps the loss from being lowered by inflating norms, which would also
+    distort the norms the next-item logits use.
+    """
+    anchors = F.normalize(anchors, dim=-1)  # [N, d]
+    positives = F.normalize(positives, dim=-1)  # [N, d]
+    logits = anchors @ positives.T / temperature  # [N, N]
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+class AdaptiveLayerNorm(nn.Module):
+    """``h = LN(x) * (1 + gamma(c)) + beta(c)``; LN without its own affine, gamma and beta linear in ``c``.
+
+    gamma and beta start at zero (adaLN-Zero, as in DiT), so training starts from a plain LayerNorm.
+    """
+
+    def __init__(self, hidden_size, condition_size, eps):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size, eps=eps, elementwise_affine=False)
+        self.gamma = nn.Linear(condition_size, hidden_size)
+        self.beta = nn.Linear(condition_size, hidden_size)
+        for layer in (self.gamma, self.beta):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x, condition):  # x [N, d], condition [c] or [N, c]
+        return self.norm(x) * (1 + self.gamma(condition)) + self.beta(condition)
+
+
+class ModalityAdapter(nn.Module):
+    """A(E_S): maps frozen semantic embeddings into the collaborative space.
+
+    ``adaptation``: ``adaln`` = MLP then AdaptiveLayerNorm conditioned on the collaborative space's
+    statistics; ``layernorm`` = MLP then a plain LayerNorm; ``mlp`` = the MLP alone. The last two are the
+    ablations separating "normalizing" from "conditioning on the target space".
+    """
+
+    def __init__(self, semantic_size, hidden_size, inner_size, dropout, adaptation, eps):
+        super().__init__()
+        if adaptation not in ADAPTATIONS:
+            raise ValueError(f"adaptation must be one of {ADAPTATIONS}, got {adaptation!r}")
+        self.adaptation = adaptation
+        self.mlp = nn.Sequential(
+            nn.Linear(semantic_size, inner_size), nn.GELU(), nn.Dropout(dropout), nn.Linear(inner_size, hidden_size)
+        )
+        if adaptation == "adaln":
+            self.norm = AdaptiveLayerNorm(hidden_size, 2 * hidden_size, eps)
+        elif adaptation == "layernorm":
+            self.norm = nn.LayerNorm(hidden_size, eps=eps)
+
+    def forward(self, semantic, condition=None):  # semantic [N, d_s], condition [2d] (adaln only) -> [N, d]
+        hidden = self.mlp(semantic)
+        if self.adaptation == "adaln":
+            return self.norm(hidden, condition)
+        if self.adaptation == "layernorm":
+            return self.norm(hidden)
+        return hidden
+
+
+class PRORecTokenizer(SASRec):
+    r"""SASRec over collaborative item embeddings E_C, aligned with adapted semantic embeddings A(E_S).
+
+    Loss: ``CE(seq_output @ E_C^T, target) + align_weight * InfoNCE(E_C[I], A(E_S[I]))`` where ``I`` is the
+    deduplicated set of the batch's target items (``align_items: target``) or target and history items
+    (``all``); the other items of ``I`` are the negatives. Gradients of the alignment reach both E_C
+    (semantics flow into the collaborative embeddings) and the adapter.
+
+    AdaLN conditioning vector ``c = [mean(E_C); std(E_C)]`` over all real items, detached: the adapter
+    learns to move semantic embeddings into the collaborative space's current location and scale (AdaIN's
+    idea, learned). An item's own E_C[i] is deliberately *not* the condition: through ``beta(E_C[i])`` the
+    adapter could copy E_C[i] and satisfy the alignment while ignoring the text, and A(E_S) would then no
+    longer be a semantic view at all.
+
+    Item embeddings for codes (``code_source``): ``integrated`` = ``(E_C/|E_C| + A(E_S)/|A(E_S)|) / 2``,
+    both modalities with equal weight on the unit sphere; ``collaborative`` = E_C (already carrying the
+    aligned semantics); ``semantic`` = E_S (TIGER's input); ``concat`` = ``[E_C; E_S]`` unnormalized, the naive
+    fusion whose 384 well-spread semantic dimensions dominate 64 small collaborative ones.
+    """
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        if self.loss_type != "CE":
+            raise ValueError(f"PRORecTokenizer trains with loss_type 'CE' (softmax over all items), got {self.loss_type!r}")
+        self.align_weight = config["align_weight"]
+        self.align_temperature = config["align_temperature"]
+        self.align_items = config["align_items"]
+        self.code_source = config["code_source"]
+        if self.align_items not in ALIGN_ITEMS:
+            raise ValueError(f"align_items must be one of {ALIGN_ITEMS}, got {self.align_items!r}")
+        if self.code_source not in CODE_SOURCES:
+            raise ValueError(f"code_source must be one of {CODE_SOURCES}, got {self.code_source!r}")
+        if self.align_temperature <= 0:
+            raise ValueError(f"align_temperature must be > 0, got {self.align_temperature}")
+        self.artifact_config = _artifact_config(config, type(self).__name__)
+        self.artifact_path = config["artifact_path"] or str(
+            cache_dir(config) / "artifacts" / f"{config['dataset']}-{type(self).__name__}-{_digest(self.artifact_config)}"
+        )
+
+        # Frozen E_S, kept in the checkpoint so a saved model records exactly the text embeddings it saw.
+        self.register_buffer("semantic_embedding", semantic_embeddings(dataset, config))  # [n_items, d_s]
+        self.adapter = ModalityAdapter(
+            self.semantic_embedding.shape[1], self.hidden_size, config["adapter_hidden_size"],
+            config["adapter_dropout"], config["adaptation"], self.layer_norm_eps,
+        )
+
+    def collaborative_condition(self):
+        """AdaLN condition ``[mean(E_C); std(E_C)]`` over real items, detached."""
+        collaborative = self.item_embedding.weight[1:].detach()  # [n_items - 1, d]
+        return torch.cat([collaborative.mean(0), collaborative.std(0)])  # [2d]
+
+    def adapted_semantic(self, items=None):
+        """A(E_S[items]) ``[N, d]``; all items when ``items`` is None."""
+        semantic = self.semantic_embedding if items is None else self.semantic_embedding[items]
+        condition = self.collaborative_condition() if self.adapter.adaptation == "adaln" else None
+        return self.adapter(semantic, condition)
+
+    def calculate_loss(self, interaction):
+        item_seq = interaction[self.ITEM_SEQ]  # [B, T]
+        seq_output = self.forward(item_seq, interaction[self.ITEM_SEQ_LEN])  # [B, d]
+        pos_items = interaction[self.POS_ITEM_ID]  # [B]
+        logits = seq_output @ self.item_embedding.weight.T  # [B, n_items]
+        rec_loss = self.loss_fct(logits, pos_items)
+
+        items = pos_items if self.align_items == "target" else torch.cat([pos_items, item_seq.flatten()])
+        items = torch.unique(items[items > 0])  # [N]
+        align_loss = symmetric_info_nce(self.item_embedding(items), self.adapted_semantic(items), self.align_temperature)
+        return rec_loss, self.align_weight * align_loss
+
+    @torch.no_grad()
+    def code_embeddings(self, code_source=None):
+        """Item embeddings ``[n_items, d']`` to quantize (row 0, padding, zeros); see the class docstring."""
+        code_source = code_source or self.code_source
+        if code_source not in CODE_SOURCES:
+            raise ValueError(f"code_source must be one of {CODE_SOURCES}, got {code_source!r}")
+        was_training = self.training
+        self.eval()
+        collaborative = self.item_embedding.weight  # [n_items, d]
+        if code_source == "collaborative":
+            embeddings = collaborative
+        elif code_source == "semantic":
+            embeddings = self.semantic_embedding
+        elif code_source == "concat":
+            embeddings = torch.cat([collaborative, self.semantic_embedding], dim=1)
+        else:
+            embeddings = (F.normalize(collaborative, dim=1) + F.normalize(self.adapted_semantic(), dim=1)) / 2
+        self.train(was_training)
+        embeddings = embeddings.detach().float().cpu().clone()
+        embeddings[0] = 0
+        return embeddings
+
+    @torch.no_grad()
+    def on_training_end(self, dataset):
+        """Quantize the ``code_source`` embeddings and write the item-code artifact; ``{"path", "stats"}``."""
+        from recbole_prorec.quantization import ItemCodeArtifact, quantize
+
+        options = self.artifact_config
+        embeddings = self.code_embeddings()  # [n_items, d']
+        result = quantize(
+            embeddings[1:], method=options["quantizer"], levels=options["code_levels"],
+            codebook_size=options["codebook_size"], seed=options["seed"], balanced=options["balanced"],
+            rqvae_kwargs=options["rqvae_kwargs"],
+        )
+        artifact = ItemCodeArtifact.from_quantization(
+            result, dataset.field2id_token[dataset.iid_field], embeddings.numpy(), config=options
+        )
+        path = artifact.save(self.artifact_path)
+        logger.info(
+            "item-code artifact %s: %d items, %s codes from %s embeddings %s, collision rate %.4f before the "
+            "collision level", path, embeddings.shape[0] - 1, options["quantizer"], self.code_source,
+            tuple(embeddings.shape), result.stats["collision_rate_before"],
+        )
+        return {"path": str(path), "stats": artifact.stats}
+
+
+def _artifact_config(config, model_name):
+    """Every option of the model's YAML plus the training options, as JSON-ready values (artifact provenance)."""
+    with open(PROPERTIES_DIR / "model" / f"{model_name}.yaml", encoding="utf-8") as f:
+        keys = list(yaml.safe_load(f)) + list(_TRAINING_KEYS)
+    options = {"model": model_name}
+    for key in keys:
+        if key != "artifact_path":
+            options[key] = json.loads(json.dumps(config[key], default=str))
+    return options
+
+
+def _digest(options):
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode("utf-8")).hexdigest()[:10]

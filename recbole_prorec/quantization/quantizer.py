@@ -1,0 +1,83 @@
+"""``quantize``: one front door from item embeddings to unique item code tuples plus their statistics."""
+import dataclasses
+import logging
+
+import numpy as np
+import torch
+
+from .collisions import add_collision_level, collision_rate
+from .kmeans import reconstruct, residual_kmeans
+from .rqvae import RQVAEConfig, train_rqvae
+from .stats import code_usage
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("rkmeans", "rqvae")
+
+
+@dataclasses.dataclass
+class QuantizationResult:
+    """``codes`` int64 ``[n, levels + 1]`` (last column: collision level), ``stats`` a JSON-ready dict."""
+
+    codes: np.ndarray
+    stats: dict
+
+
+def _as_float_tensor(embeddings):
+    x = embeddings.detach().cpu() if torch.is_tensor(embeddings) else torch.from_numpy(np.asarray(embeddings))
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"embeddings must be a non-empty [n, d] array, got shape {tuple(x.shape)}")
+    x = x.float().contiguous()
+    if not torch.isfinite(x).all():
+        raise ValueError("embeddings contain NaN or infinite values")
+    return x
+
+
+def quantize(embeddings, method="rkmeans", levels=3, codebook_size=256, seed=0, balanced=False, rqvae_kwargs=None):
+    """Quantize ``embeddings [n, d]`` (numpy or torch) into ``levels`` codes per item plus a collision level.
+
+    ``method``: ``"rkmeans"`` (residual k-means, PRORec) or ``"rqvae"`` (TIGER; ``rqvae_kwargs`` are
+    ``RQVAEConfig`` fields). ``balanced`` caps every k-means cluster at ``ceil(n / K)`` items (for RQ-VAE: in
+    the codebook initialisation). Deterministic given ``seed``. Reconstruction errors are mean squared errors
+    per coordinate, in input space (and, for RQ-VAE, in the latent space too); ``residual_errors[l]`` is the
+    error after levels ``<= l`` (input space for k-means, latent for RQ-VAE).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown quantization method {method!r}; expected one of {METHODS}")
+    if levels < 1 or codebook_size < 2:
+        raise ValueError(f"need levels >= 1 and codebook_size >= 2, got levels={levels}, codebook_size={codebook_size}")
+    if rqvae_kwargs and method != "rqvae":
+        raise ValueError(f"rqvae_kwargs given for method {method!r}; they apply to method='rqvae' only")
+    x = _as_float_tensor(embeddings)
+    if method == "rkmeans":
+        codes, codebooks = residual_kmeans(x, levels, codebook_size, seed=seed, balanced=balanced)
+        partial = reconstruct(codes, codebooks)  # [L, n, d]
+        residual_errors = [torch.nn.functional.mse_loss(p, x).item() for p in partial]
+        errors = {"reconstruction_error": residual_errors[-1], "residual_errors": residual_errors}
+        used_size = codebooks.shape[1]
+    else:
+        model, history = train_rqvae(x, levels, codebook_size, seed, balanced, RQVAEConfig(**(rqvae_kwargs or {})))
+        codes, errors = model.encode(x)
+        errors["loss_history"] = history
+        used_size = model.codebooks.shape[1]
+    prefix = codes.numpy().astype(np.int64)
+    item_codes = add_collision_level(prefix)
+    stats = {
+        "method": method,
+        "num_items": int(x.shape[0]),
+        "levels": levels,
+        "codebook_size": int(used_size),
+        "seed": seed,
+        "balanced": balanced,
+        "collision_rate_before": collision_rate(prefix),
+        "collision_rate_after": collision_rate(item_codes),
+        "max_collision_index": int(item_codes[:, -1].max()),
+        **code_usage(prefix, used_size),
+        **errors,
+    }
+    logger.info(
+        "%s codes: collision rate %.4f -> %.4f, max collision index %d, utilization %s, reconstruction MSE %.5f",
+        method, stats["collision_rate_before"], stats["collision_rate_after"], stats["max_collision_index"],
+        [round(u, 3) for u in stats["utilization"]], stats["reconstruction_error"],
+    )
+    return QuantizationResult(item_codes, stats)

@@ -1,0 +1,203 @@
+"""`run(...)`: one RecBole run of any model, ours or RecBole's, behind the CLI, the tuner and the benchmarks.
+
+RecBole's `run_recbole(model=...)` resolves models by name through its own registry and rejects plugin classes,
+so the pipeline is assembled here from RecBole's parts: Config -> create_dataset -> data_preparation -> model ->
+Trainer.fit -> Trainer.evaluate. A stage-2 model that declares `stage_one_model` gets its item-code artifact
+from a stage-1 run first (cached, so a second run reuses it).
+"""
+
+import contextlib
+import hashlib
+import json
+import logging
+import pathlib
+import resource
+import sys
+import time
+
+import torch
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_trainer, init_logger, init_seed, set_color
+
+from recbole_prorec.compat import allow_recbole_checkpoints
+from recbole_prorec.utils import cache_dir, get_model, model_config_files
+
+logger = logging.getLogger(__name__)
+
+# Keys that decide nothing about a model's results: left out of the config hash.
+_VOLATILE_KEYS = {
+    "device", "gpu_id", "use_gpu", "show_progress", "state", "checkpoint_dir", "torch_threads", "worker",
+    "eval_batch_size", "local_rank", "single_spec", "nproc", "world_size", "offset", "ip", "port",
+}
+
+
+@contextlib.contextmanager
+def _without_command_line():
+    """RecBole's Config also parses `sys.argv` (with `eval`): our callers pass options explicitly instead."""
+    saved_argv = sys.argv
+    sys.argv = saved_argv[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+
+
+def build_config(model, dataset, config_file_list=None, config_dict=None):
+    """RecBole Config from our YAMLs (protocol, dataset, model), the user's files, then `config_dict`."""
+    model_class = get_model(model)
+    files = model_config_files(model_class.__name__, dataset) + list(config_file_list or [])
+    with _without_command_line():
+        return Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=dict(config_dict or {}))
+
+
+def config_hash(config):
+    """Short stable hash of everything in a config that can change a result."""
+    settings = {k: v for k, v in config.final_config_dict.items() if k not in _VOLATILE_KEYS}
+    blob = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def ensure_dataset_files(config):
+    """Make sure `<data_path>/<dataset>/<dataset>.inter` exists, converting raw Amazon files when needed."""
+    dataset_dir = pathlib.Path(config["data_path"])
+    name = config["dataset"]
+    if (dataset_dir / f"{name}.inter").is_file():
+        return dataset_dir
+    from recbole_prorec.data import ensure_atomic_files
+
+    raw_path = config["raw_data_path"] if "raw_data_path" in config else None
+    if raw_path:
+        raw_path = pathlib.Path(raw_path) / name if (pathlib.Path(raw_path) / name).is_dir() else raw_path
+    try:
+        return ensure_atomic_files(dataset_dir.parent, name, raw_path=raw_path)
+    except FileNotFoundError as error:
+        known = sorted(p.name for p in dataset_dir.parent.glob("*") if (p / f"{p.name}.inter").is_file())
+        raise FileNotFoundError(
+            f"Unknown dataset '{name}': {error}\nDatasets with atomic files under {dataset_dir.parent}/: "
+            f"{', '.join(known) or 'none'} (plus RecBole's bundled ml-100k)."
+        ) from None
+
+
+class _EpochClock:
+    """Wall time of each training and validation epoch, recorded around the trainer's own methods."""
+
+    def __init__(self, trainer):
+        self.train_seconds, self.valid_seconds = [], []
+        trainer._train_epoch = self._timed(trainer._train_epoch, self.train_seconds)
+        trainer._valid_epoch = self._timed(trainer._valid_epoch, self.valid_seconds)
+
+    @staticmethod
+    def _timed(method, seconds):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            result = method(*args, **kwargs)
+            seconds.append(time.perf_counter() - start)
+            return result
+
+        return timed
+
+
+def _stage_one_artifact(model_class, config, dataset, config_file_list, config_dict):
+    """Path of the stage-1 artifact a stage-2 model reads, training stage 1 first when none is cached.
+
+    Stage 1 sees the same files and overrides as stage 2, plus `tokenizer_config` (stage-1-only overrides).
+    The cache key is the stage-1 config hash, so a changed tokenizer option trains a new tokenizer.
+    """
+    given = config["tokenizer_artifact"] if "tokenizer_artifact" in config else None
+    if given:
+        if not pathlib.Path(f"{given}.npz").is_file():
+            raise FileNotFoundError(f"tokenizer_artifact: no file {given}.npz (give the path without .npz)")
+        return given, None
+    stage_one = model_class.stage_one_model
+    overrides = {**dict(config_dict or {}), **dict(config["tokenizer_config"] or {})}
+    overrides.pop("tokenizer_config", None)
+    stage_one_config = build_config(stage_one, dataset, config_file_list, overrides)
+    artifact = cache_dir(config) / "artifacts" / f"{dataset}-{stage_one}-{config_hash(stage_one_config)}"
+    if pathlib.Path(f"{artifact}.npz").is_file():
+        logger.info(f"Reusing the cached {stage_one} artifact {artifact}")
+        return str(artifact), None
+    logger.info(f"No {stage_one} artifact cached: training stage 1 ({stage_one}) first")
+    stage_one_result = run(stage_one, dataset, config_file_list, {**overrides, "artifact_path": str(artifact)})
+    return str(artifact), stage_one_result
+
+
+def run(model, dataset, config_file_list=None, config_dict=None, saved=True, callback_fn=None):
+    """Train `model` on `dataset` with early stopping on the validation metric, then test the best weights.
+
+    Returns a dict with the best validation and the test results, epochs run, the best epoch, seconds per
+    training epoch, seconds of the test evaluation, peak RSS and the config hash; for a two-stage model also
+    the stage-1 result under "stage_one".
+    """
+    model_class = get_model(model)
+    allow_recbole_checkpoints()
+    config_dict = dict(config_dict or {})
+    stage_one_result = None
+    if getattr(model_class, "stage_one_model", None):
+        probe = build_config(model_class, dataset, config_file_list, config_dict)
+        ensure_dataset_files(probe)
+        artifact, stage_one_result = _stage_one_artifact(model_class, probe, dataset, config_file_list, config_dict)
+        config_dict["tokenizer_artifact"] = artifact
+
+    config = build_config(model_class, dataset, config_file_list, config_dict)
+    ensure_dataset_files(config)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    if config["torch_threads"]:
+        torch.set_num_threads(int(config["torch_threads"]))
+    run_logger = logging.getLogger()
+    run_logger.info(config)
+
+    data = create_dataset(config)
+    run_logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    recommender = model_class(config, train_data.dataset).to(config["device"])
+    run_logger.info(recommender)
+    trainer_class = getattr(model_class, "trainer_class", None) or get_trainer(config["MODEL_TYPE"], config["model"])
+    trainer = trainer_class(config, recommender)
+    if "resume_checkpoint" in config and config["resume_checkpoint"]:
+        trainer.resume_checkpoint(config["resume_checkpoint"])
+    clock = _EpochClock(trainer)
+
+    valid_scores = []
+
+    def record_epoch(epoch_idx, valid_score):
+        valid_scores.append((epoch_idx, valid_score))
+        if callback_fn is not None:
+            callback_fn(epoch_idx, valid_score)
+
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"], callback_fn=record_epoch
+    )
+    test_start = time.perf_counter()
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    test_seconds = time.perf_counter() - test_start
+
+    pick = max if config["valid_metric_bigger"] else min
+    best_epoch = pick(valid_scores, key=lambda pair: pair[1])[0] if valid_scores else None
+    result = {
+        "model": model_class.__name__,
+        "dataset": dataset,
+        "seed": config["seed"],
+        "config_hash": config_hash(config),
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": dict(best_valid_result or {}),
+        "test_result": dict(test_result or {}),
+        "epochs_run": len(clock.train_seconds),
+        "best_valid_epoch": best_epoch,
+        "train_seconds_per_epoch": sum(clock.train_seconds) / max(len(clock.train_seconds), 1),
+        "valid_seconds_per_epoch": sum(clock.valid_seconds) / max(len(clock.valid_seconds), 1),
+        "test_eval_seconds": test_seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "saved_model_file": trainer.saved_model_file if saved else None,
+    }
+    if hasattr(recommender, "on_training_end"):
+        result["artifact"] = recommender.on_training_end(train_data.dataset)
+    if stage_one_result is not None:
+        result["stage_one"] = stage_one_result
+    run_logger.info(set_color("best valid ", "yellow") + f": {result['best_valid_result']}")
+    run_logger.info(set_color("test result", "yellow") + f": {result['test_result']}")
+    return result

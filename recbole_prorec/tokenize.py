@@ -1,0 +1,67 @@
+"""Rebuild a PRORecTokenizer item-code artifact from a saved checkpoint, without retraining.
+
+    python -m recbole_prorec.tokenize --checkpoint saved/PRORecTokenizer-X.pth [--code_source concat]
+        [--output PATH_PREFIX]
+
+Useful to write the code sources of an ablation (integrated / collaborative / semantic / concat) from one
+trained stage-1 model. The checkpoint's config is reused, so run from the folder the training ran in
+(``data_path`` and ``cache_dir`` are usually relative).
+"""
+
+import argparse
+import json
+import logging
+
+import torch
+from recbole.data import create_dataset
+from recbole.utils import init_seed
+
+from recbole_prorec.compat import load_checkpoint
+from recbole_prorec.model.tokenizer import CODE_SOURCES, PRORecTokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def load_tokenizer(checkpoint, overrides=None):
+    """``(model, dataset)`` from a RecBole checkpoint of PRORecTokenizer; ``overrides`` update its config.
+
+    The model is in eval mode on the CPU; its weights (and the frozen semantic embeddings) are the saved ones.
+    """
+    state = load_checkpoint(checkpoint)
+    config = state["config"]
+    if config["model"] != PRORecTokenizer.__name__:
+        raise ValueError(f"{checkpoint}: a checkpoint of {config['model']}, expected {PRORecTokenizer.__name__}")
+    for key, value in (overrides or {}).items():
+        config[key] = value
+    config["device"] = torch.device("cpu")
+    if config["torch_threads"]:
+        torch.set_num_threads(config["torch_threads"])
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    model = PRORecTokenizer(config, dataset)
+    model.load_state_dict(state["state_dict"])
+    model.load_other_parameter(state.get("other_parameter"))
+    return model.eval(), dataset
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="RecBole checkpoint (.pth) of PRORecTokenizer")
+    parser.add_argument("--code_source", choices=CODE_SOURCES, help="override the checkpoint's code_source")
+    parser.add_argument("--output", help="artifact path prefix (default: under cache_dir, keyed by config)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {}
+    if args.code_source:
+        overrides["code_source"] = args.code_source
+    if args.output:
+        overrides["artifact_path"] = args.output
+    model, dataset = load_tokenizer(args.checkpoint, overrides)
+    result = model.on_training_end(dataset)
+    print(json.dumps({"path": result["path"], "collision_rate_before": result["stats"]["collision_rate_before"],
+                      "utilization": result["stats"]["utilization"]}, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The CLI and run(): RecBole's flags, our models and RecBole's alike, clear errors, loadable checkpoints."""
+
+import pytest
+import torch
+
+from recbole_prorec import compat
+from recbole_prorec.cli import main, parse_overrides
+from recbole_prorec.quick_start import run
+from recbole_prorec.utils import get_model
+
+
+def test_overrides_are_yaml_typed_and_never_evaluated():
+    overrides = parse_overrides(["--epochs=3", "--topk=[5, 10]", "--learning_rate", "1e-3", "--note=__import__('os')"])
+    assert overrides == {"epochs": 3, "topk": [5, 10], "learning_rate": 1e-3, "note": "__import__('os')"}
+
+
+def test_override_without_value_is_an_error():
+    with pytest.raises(SystemExit, match="--epochs has no value"):
+        parse_overrides(["--epochs"])
+
+
+def test_get_model_finds_recbole_builtins_and_lists_models_when_unknown():
+    assert get_model("SASRec").__name__ == "SASRec"
+    with pytest.raises(ValueError, match="Unknown model 'NoSuchModel'.*SASRec"):
+        get_model("NoSuchModel")
+
+
+def test_sasrec_runs_one_epoch_and_reports_metrics(fast_run_config):
+    result = run("SASRec", "tiny", config_dict=fast_run_config)
+    assert result["epochs_run"] == 1
+    assert set(result["test_result"]) == {f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20)}
+    assert 0.0 <= result["test_result"]["recall@20"] <= 1.0
+    checkpoint = compat.load_checkpoint(result["saved_model_file"])
+    assert checkpoint["epoch"] == 0 and "state_dict" in checkpoint
+    # RecBole's own loader (torch.load with its weights-only default) reads the same file.
+    assert torch.load(result["saved_model_file"], map_location="cpu")["config"]["model"] == "SASRec"
+
+
+def test_leave_one_out_puts_each_users_last_item_in_test(fast_run_config):
+    from recbole.data import create_dataset, data_preparation
+
+    from recbole_prorec.quick_start import build_config
+
+    config = build_config("SASRec", "tiny", config_dict=fast_run_config)
+    _, _, test_data = data_preparation(config, create_dataset(config))
+    dataset = test_data._dataset
+    users = dataset.inter_feat[dataset.uid_field].numpy()
+    items = dataset.inter_feat[dataset.iid_field].numpy()
+    times = dataset.inter_feat[dataset.time_field].numpy()
+    for user in set(users.tolist()):
+        rows = users == user
+        assert times[rows].max() == times[rows][-1]
+    raw_last = {}
+    for line in (open(f"{fast_run_config['data_path']}/tiny/tiny.inter").read().splitlines()[1:]):
+        user, item, _ = line.split("\t")
+        raw_last[user] = item
+    uid_tokens = dataset.field2id_token[dataset.uid_field]
+    iid_tokens = dataset.field2id_token[dataset.iid_field]
+    last_rows = {uid_tokens[u]: iid_tokens[i] for u, i in zip(users, items)}
+    assert last_rows == raw_last
+
+
+def test_cli_runs_sasrec_and_prints_results(fast_run_config, capsys):
+    args = ["--model=SASRec", "--dataset=tiny"] + [f"--{key}={value}" for key, value in fast_run_config.items()]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "recall@10" in printed and "ndcg@20" in printed
+
+
+def test_cli_unknown_model_and_dataset_are_clear_errors(fast_run_config, capsys):
+    assert main(["--model=NoSuchModel", "--dataset=tiny"]) == 2
+    assert "Unknown model 'NoSuchModel'" in capsys.readouterr().err
+    assert main(["--model=SASRec", "--dataset=nowhere", f"--data_path={fast_run_config['data_path']}"]) == 2
+    error = capsys.readouterr().err
+    assert "Unknown dataset 'nowhere'" in error and "tiny" in error

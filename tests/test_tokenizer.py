@@ -1,0 +1,165 @@
+"""PRORecTokenizer (stage 1): alignment loss, modality adapter, one RecBole epoch, artifact, checkpoint CLI."""
+
+import hashlib
+import math
+
+import numpy as np
+import pytest
+import torch
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.trainer import Trainer
+from recbole.utils import init_seed
+
+from recbole_prorec import analysis, semantic, tokenize
+from recbole_prorec.model.tokenizer import AdaptiveLayerNorm, ModalityAdapter, PRORecTokenizer, symmetric_info_nce
+from recbole_prorec.quantization import ItemCodeArtifact
+from recbole_prorec.utils import PROPERTIES_DIR
+
+SEMANTIC_DIM = 12
+
+
+class FakeEncoder:
+    """A fixed random vector per text, so the test needs no sentence-transformers model."""
+
+    def encode(self, texts, batch_size, show_progress_bar, convert_to_numpy):
+        seeds = [int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) for text in texts]
+        return np.stack([np.random.default_rng(seed).standard_normal(SEMANTIC_DIM) for seed in seeds])
+
+
+def write_tiny_dataset(folder, n_users=50, n_items=30):
+    rng = np.random.default_rng(0)
+    inter = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for user in range(n_users):
+        for position, item in enumerate(rng.choice(n_items, size=rng.integers(5, 10), replace=False)):
+            inter.append(f"u{user}\ti{item}\t{position}")
+    items = ["item_id:token\ttitle:token_seq\tbrand:token_seq\tcategories:token_seq"]
+    items += [f"i{i}\tProduct {i}\tbrand{i % 3}\tBeauty > Shelf{i % 4}" for i in range(n_items)]
+    (folder / "tiny").mkdir(parents=True)
+    (folder / "tiny" / "tiny.inter").write_text("\n".join(inter) + "\n")
+    (folder / "tiny" / "tiny.item").write_text("\n".join(items) + "\n")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One epoch of PRORecTokenizer through RecBole's Trainer on a tiny dataset, in a scratch folder."""
+    folder = tmp_path_factory.mktemp("stage1")
+    write_tiny_dataset(folder / "data")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.setattr(semantic, "load_sentence_encoder", lambda name, device="cpu": FakeEncoder())
+        config = Config(
+            model=PRORecTokenizer, dataset="tiny",
+            config_file_list=[str(PROPERTIES_DIR / "overall.yaml"), str(PROPERTIES_DIR / "model" / "PRORecTokenizer.yaml")],
+            config_dict={"data_path": str(folder / "data"), "epochs": 1, "train_batch_size": 32, "codebook_size": 4,
+                         "use_gpu": False, "show_progress": False, "semantic_model": "fake"},
+        )
+        init_seed(config["seed"], config["reproducibility"])
+        dataset = create_dataset(config)
+        train_data, valid_data, _ = data_preparation(config, dataset)
+        model = PRORecTokenizer(config, train_data._dataset)
+        trainer = Trainer(config, model)
+        trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+        yield {"folder": folder, "config": config, "dataset": dataset, "model": model, "trainer": trainer,
+               "train_data": train_data}
+
+
+def test_info_nce_equals_a_hand_computation():
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    positives = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
+    t = 0.5
+    # cosines: a0.p0 = 1, a0.p1 = 1/sqrt2, a1.p0 = 0, a1.p1 = 1/sqrt2
+    s = 1 / math.sqrt(2)
+    rows = [-math.log(math.exp(1 / t) / (math.exp(1 / t) + math.exp(s / t))),
+            -math.log(math.exp(s / t) / (math.exp(0) + math.exp(s / t)))]
+    columns = [-math.log(math.exp(1 / t) / (math.exp(1 / t) + math.exp(0))),
+               -math.log(math.exp(s / t) / (math.exp(s / t) + math.exp(s / t)))]
+    expected = 0.5 * (sum(rows) / 2 + sum(columns) / 2)
+    assert symmetric_info_nce(anchors, positives, t).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_adaptive_layernorm_starts_as_layernorm_and_trains_gamma_and_beta():
+    norm = AdaptiveLayerNorm(hidden_size=6, condition_size=4, eps=1e-12)
+    x, condition = torch.randn(5, 6), torch.randn(4)
+    out = norm(x, condition)
+    assert out.shape == (5, 6)
+    assert torch.allclose(out, torch.nn.functional.layer_norm(x, (6,), eps=1e-12), atol=1e-6)
+    (out * torch.randn(5, 6)).sum().backward()
+    for layer in (norm.gamma, norm.beta):
+        assert layer.weight.grad.abs().sum() > 0 and layer.bias.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("adaptation", ["adaln", "layernorm", "mlp"])
+def test_modality_adapter_maps_semantic_to_hidden_size(adaptation):
+    adapter = ModalityAdapter(semantic_size=12, hidden_size=6, inner_size=16, dropout=0.0, adaptation=adaptation, eps=1e-12)
+    assert adapter(torch.randn(5, 12), torch.randn(12)).shape == (5, 6)
+
+
+def test_unknown_adaptation_is_rejected():
+    with pytest.raises(ValueError, match="adaptation must be one of"):
+        ModalityAdapter(12, 6, 16, 0.0, "film", 1e-12)
+
+
+def test_loss_is_next_item_ce_plus_alignment_and_trains_both_sides(trained):
+    model, dataset = trained["model"], trained["dataset"]
+    assert math.isfinite(trained["trainer"].train_loss_dict[0])
+    assert model.semantic_embedding.shape == (dataset.item_num, SEMANTIC_DIM)
+    assert torch.equal(model.semantic_embedding[0], torch.zeros(SEMANTIC_DIM))
+    model.zero_grad()
+    rec_loss, align_loss = model.calculate_loss(next(iter(trained["train_data"])))
+    align_loss.backward()
+    assert model.item_embedding.weight.grad.abs().sum() > 0
+    assert model.adapter.norm.beta.weight.grad.abs().sum() > 0
+    assert model.trm_encoder.layer[0].feed_forward.dense_1.weight.grad is None  # alignment skips the encoder
+    model.zero_grad()
+
+
+def test_code_sources_have_expected_widths_and_zero_padding(trained):
+    model, n = trained["model"], trained["dataset"].item_num
+    widths = {"integrated": 64, "collaborative": 64, "semantic": SEMANTIC_DIM, "concat": 64 + SEMANTIC_DIM}
+    for source, width in widths.items():
+        embeddings = model.code_embeddings(source)
+        assert embeddings.shape == (n, width) and not embeddings[0].any()
+    integrated = model.code_embeddings("integrated")[1:]
+    assert torch.all(integrated.norm(dim=1) <= 1 + 1e-5)
+
+
+def test_training_end_writes_an_artifact_that_loads_for_the_dataset(trained, monkeypatch):
+    monkeypatch.chdir(trained["folder"])
+    model, dataset = trained["model"], trained["dataset"]
+    result = model.on_training_end(dataset)
+    artifact = ItemCodeArtifact.load(result["path"], dataset=dataset)
+    assert result["path"].startswith("saved/cache/artifacts/tiny-PRORecTokenizer-")
+    assert artifact.codes.shape == (dataset.item_num, 4) and (artifact.codes[0] == -1).all()
+    assert artifact.embeddings.shape == (dataset.item_num, 64)
+    assert artifact.config["code_source"] == "integrated" and artifact.config["codebook_size"] == 4
+    assert result["stats"]["collision_rate_after"] == 0.0
+
+
+def test_unsupported_options_are_rejected(trained):
+    config, dataset = trained["config"], trained["dataset"]
+    for key, value, message in [("code_source", "text", "code_source must be"), ("loss_type", "BPR", "loss_type 'CE'")]:
+        original = config[key]
+        config[key] = value
+        try:
+            with pytest.raises(ValueError, match=message):
+                PRORecTokenizer(config, dataset)
+        finally:
+            config[key] = original
+
+
+def test_tokenize_cli_rebuilds_an_artifact_from_the_checkpoint(trained, monkeypatch, tmp_path):
+    monkeypatch.chdir(trained["folder"])
+    output = tmp_path / "concat-codes"
+    tokenize.main(["--checkpoint", trained["trainer"].saved_model_file, "--code_source", "concat", "--output", str(output)])
+    artifact = ItemCodeArtifact.load(output, dataset=trained["dataset"])
+    assert artifact.embeddings.shape == (trained["dataset"].item_num, 64 + SEMANTIC_DIM)
+    assert artifact.config["code_source"] == "concat"
+
+
+def test_domination_analysis_runs_on_the_trained_model(trained, tmp_path):
+    rows = analysis.analyze(trained["model"], trained["dataset"], k=3, output_dir=tmp_path)
+    assert [row["code_source"] for row in rows] == ["integrated", "collaborative", "semantic", "concat"]
+    assert rows[1]["overlap_collab"] == 1.0 and rows[2]["overlap_semantic"] == 1.0
+    assert 0 <= rows[0]["purity"] <= 1
+    assert (tmp_path / "domination.png").is_file() and (tmp_path / "domination.json").is_file()
