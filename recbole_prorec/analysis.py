@@ -29,7 +29,9 @@ import torch.nn.functional as F
 from sklearn.metrics import normalized_mutual_info_score
 
 from recbole_prorec.model.tokenizer import CODE_SOURCES
+from recbole_prorec.quantization import quantize
 from recbole_prorec.semantic import read_item_fields
+from recbole_prorec.tokenize import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +158,6 @@ def analyze(model, dataset, code_sources=CODE_SOURCES, k=10,
     ``model`` is a trained PRORecTokenizer. Prints the table; with ``output_dir`` also writes
     ``domination.json`` and ``domination.png`` there. Returns the rows.
     """
-    from recbole_prorec.quantization import quantize
-
     options = model.artifact_config
     embeddings = {source: model.code_embeddings(source)[1:] for source in code_sources}  # [n, d'] each
     first_codes = {}
@@ -185,8 +185,6 @@ def analyze(model, dataset, code_sources=CODE_SOURCES, k=10,
 
 
 def main(argv=None):
-    from recbole_prorec.tokenize import load_tokenizer
-
     parser = argparse.ArgumentParser(description="Semantic-domination diagnostic of a PRORecTokenizer checkpoint")
     parser.add_argument("--checkpoint", required=True, help="RecBole checkpoint (.pth) of PRORecTokenizer")
     parser.add_argument("--output_dir", default=None, help="folder for domination.json and domination.png")

@@ -182,7 +182,10 @@ def semantic_embeddings(dataset, config) -> torch.Tensor:
     batch_size = config["semantic_batch_size"] or 256
     device = config["device"] if "device" in config and config["device"] is not None else "cpu"
     if not config["text_fields"]:
-        raise ValueError("config key text_fields is not set: list the .item columns that make the item text")
+        raise ValueError(
+            "config key text_fields is not set: list the .item columns that make the item text, e.g. in "
+            "properties/dataset/<dataset>.yaml: text_fields: [title, brand, categories]"
+        )
     texts = item_texts(dataset, config["text_fields"])
     encoded = encode_texts(texts[1:], model_name, batch_size, cache_dir(config) / "semantic", device)
     embeddings = np.zeros((len(texts), encoded.shape[1]), dtype=np.float32)

@@ -19,8 +19,6 @@ from recbole.utils import init_seed
 from recbole_prorec.compat import load_checkpoint
 from recbole_prorec.model.tokenizer import CODE_SOURCES, PRORecTokenizer
 
-logger = logging.getLogger(__name__)
-
 
 def load_tokenizer(checkpoint, overrides=None):
     """``(model, dataset)`` from a RecBole checkpoint of PRORecTokenizer; ``overrides`` update its config.

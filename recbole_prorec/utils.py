@@ -56,11 +56,11 @@ def get_model(name):
 
 
 def model_config_files(model_name, dataset_name):
-    """Our YAML files for a run, in RecBole's order: protocol, then dataset, then model."""
+    """Our YAML files for a run, in RecBole's order: protocol, then model, then dataset (which wins)."""
     candidates = [
         PROPERTIES_DIR / "overall.yaml",
-        PROPERTIES_DIR / "dataset" / f"{dataset_name}.yaml",
         PROPERTIES_DIR / "model" / f"{model_name}.yaml",
+        PROPERTIES_DIR / "dataset" / f"{dataset_name}.yaml",
     ]
     return [str(path) for path in candidates if path.is_file()]
 

@@ -52,7 +52,8 @@ def trained(tmp_path_factory):
             model=PRORecTokenizer, dataset="tiny",
             config_file_list=[str(PROPERTIES_DIR / "overall.yaml"), str(PROPERTIES_DIR / "model" / "PRORecTokenizer.yaml")],
             config_dict={"data_path": str(folder / "data"), "epochs": 1, "train_batch_size": 32, "codebook_size": 4,
-                         "use_gpu": False, "show_progress": False, "semantic_model": "fake"},
+                         "use_gpu": False, "show_progress": False, "semantic_model": "fake",
+                         "text_fields": ["title", "brand", "categories"]},
         )
         init_seed(config["seed"], config["reproducibility"])
         dataset = create_dataset(config)

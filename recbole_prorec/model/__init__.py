@@ -1,3 +1,5 @@
 """Model classes this plugin registers with RecBole (found first by `recbole_prorec.utils.get_model`)."""
 
-__all__ = []
+from recbole_prorec.model.tokenizer import PRORecTokenizer
+
+__all__ = ["PRORecTokenizer"]

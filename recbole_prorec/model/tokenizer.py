@@ -23,6 +23,7 @@ import yaml
 from recbole.model.sequential_recommender.sasrec import SASRec
 from torch import nn
 
+from recbole_prorec.quantization import ItemCodeArtifact, quantize
 from recbole_prorec.semantic import semantic_embeddings
 from recbole_prorec.utils import PROPERTIES_DIR, cache_dir
 
@@ -31,9 +32,9 @@ logger = logging.getLogger(__name__)
 ADAPTATIONS = ("adaln", "layernorm", "mlp")
 CODE_SOURCES = ("integrated", "collaborative", "semantic", "concat")
 ALIGN_ITEMS = ("target", "all")
-# Training options that shape the embeddings, recorded in the artifact (with every option of our YAML).
-_TRAINING_KEYS = ("dataset", "seed", "epochs", "train_batch_size", "learner", "learning_rate", "weight_decay",
-                  "MAX_ITEM_LIST_LENGTH", "valid_metric", "stopping_step")
+# Run options that shape the embeddings, recorded in the artifact (with every option of our YAML).
+_RUN_KEYS = ("dataset", "text_fields", "seed", "epochs", "train_batch_size", "learner", "learning_rate",
+             "weight_decay", "MAX_ITEM_LIST_LENGTH", "valid_metric", "stopping_step")
 
 
 def symmetric_info_nce(anchors, positives, temperature):
@@ -116,7 +117,7 @@ class PRORecTokenizer(SASRec):
     Item embeddings for codes (``code_source``): ``integrated`` = ``(E_C/|E_C| + A(E_S)/|A(E_S)|) / 2``,
     both modalities with equal weight on the unit sphere; ``collaborative`` = E_C (already carrying the
     aligned semantics); ``semantic`` = E_S (TIGER's input); ``concat`` = ``[E_C; E_S]`` unnormalized, the naive
-    fusion whose 384 well-spread semantic dimensions dominate 64 small collaborative ones.
+    fusion whose d_s unit-norm semantic dimensions (384 for MiniLM) dominate d small collaborative ones.
     """
 
     def __init__(self, config, dataset):
@@ -193,8 +194,6 @@ class PRORecTokenizer(SASRec):
     @torch.no_grad()
     def on_training_end(self, dataset):
         """Quantize the ``code_source`` embeddings and write the item-code artifact; ``{"path", "stats"}``."""
-        from recbole_prorec.quantization import ItemCodeArtifact, quantize
-
         options = self.artifact_config
         embeddings = self.code_embeddings()  # [n_items, d']
         result = quantize(
@@ -215,9 +214,9 @@ class PRORecTokenizer(SASRec):
 
 
 def _artifact_config(config, model_name):
-    """Every option of the model's YAML plus the training options, as JSON-ready values (artifact provenance)."""
+    """Every option of the model's YAML plus the run options, as JSON-ready values (artifact provenance)."""
     with open(PROPERTIES_DIR / "model" / f"{model_name}.yaml", encoding="utf-8") as f:
-        keys = list(yaml.safe_load(f)) + list(_TRAINING_KEYS)
+        keys = list(yaml.safe_load(f)) + list(_RUN_KEYS)
     options = {"model": model_name}
     for key in keys:
         if key != "artifact_path":

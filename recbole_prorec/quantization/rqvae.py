@@ -7,7 +7,9 @@ An MLP encoder maps an item embedding to a small latent; ``L`` codebooks quantiz
 residual (level ``l`` quantizes what levels ``< l`` left); the mirrored decoder reconstructs the input from
 the summed code vectors. Loss = MSE reconstruction + per level ``|sg(r) - q|^2 + beta |r - sg(q)|^2``, with
 a straight-through estimator passing decoder gradients to the encoder. As in TIGER the codebooks start from
-(residual) k-means, here on the encoded latents of all items, which prevents early codebook collapse.
+(residual) k-means, here on the encoded latents of all items; after every epoch, codes no item uses are
+moved onto poorly quantized residuals (k-means' empty-cluster rule; without it a third of the first-level
+codes died on 12k clustered inputs and 83% of items collided, with it about 15%).
 """
 import dataclasses
 import logging
@@ -26,8 +28,8 @@ logger = logging.getLogger(__name__)
 class RQVAEConfig:
     """Training options (``rqvae_kwargs`` of ``quantize``).
 
-    Default budget: 60 epochs of minibatches of 1024 (about 720 Adam steps for 12k items), which trains the
-    default model on 12k x 384 inputs in about a minute on one CPU thread; TIGER's GPU run is far longer.
+    Default budget: 60 epochs of minibatches of 1024 (about 720 Adam steps for 12k items): about 65 s of one
+    CPU thread for 12k x 384 inputs, by when the loss has flattened; TIGER's GPU run is far longer.
     """
 
     latent_dim: int = 32
