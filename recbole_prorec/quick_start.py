@@ -98,7 +98,7 @@ class _EpochClock:
         return timed
 
 
-def _stage_one_artifact(model_class, config, dataset, config_file_list, config_dict):
+def stage_one_artifact(model_class, config, dataset, config_file_list, config_dict):
     """Path of the stage-1 artifact a stage-2 model reads, training stage 1 first when none is cached.
 
     Stage 1 sees the same files and overrides as stage 2, plus `tokenizer_config` (stage-1-only overrides).
@@ -136,7 +136,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
     if getattr(model_class, "stage_one_model", None):
         probe = build_config(model_class, dataset, config_file_list, config_dict)
         ensure_dataset_files(probe)
-        artifact, stage_one_result = _stage_one_artifact(model_class, probe, dataset, config_file_list, config_dict)
+        artifact, stage_one_result = stage_one_artifact(model_class, probe, dataset, config_file_list, config_dict)
         config_dict["tokenizer_artifact"] = artifact
 
     config = build_config(model_class, dataset, config_file_list, config_dict)

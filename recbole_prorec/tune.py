@@ -367,7 +367,7 @@ def _pin_stage_one(settings, plan, space):
         task_overrides = {**overrides, "gpu_id": _ray_gpu_id()}
         probe = quick_start.build_config(settings.model, settings.dataset, config_files, task_overrides)
         quick_start.ensure_dataset_files(probe)
-        artifact, _ = quick_start._stage_one_artifact(
+        artifact, _ = quick_start.stage_one_artifact(
             model_class, probe, settings.dataset, config_files, task_overrides
         )
         return artifact
