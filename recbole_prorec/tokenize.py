@@ -12,34 +12,16 @@ import argparse
 import json
 import logging
 
-import torch
-from recbole.data import create_dataset
-from recbole.utils import init_seed
-
-from recbole_prorec.compat import load_checkpoint
+from recbole_prorec.evaluate import load_data_and_model
 from recbole_prorec.model.tokenizer import CODE_SOURCES, PRORecTokenizer
 
 
 def load_tokenizer(checkpoint, overrides=None):
-    """``(model, dataset)`` from a RecBole checkpoint of PRORecTokenizer; ``overrides`` update its config.
-
-    The model is in eval mode on the CPU; its weights (and the frozen semantic embeddings) are the saved ones.
-    """
-    state = load_checkpoint(checkpoint)
-    config = state["config"]
+    """``(model, dataset)`` from a RecBole checkpoint of PRORecTokenizer; ``overrides`` update its config."""
+    config, model, dataset, _ = load_data_and_model(checkpoint, overrides)
     if config["model"] != PRORecTokenizer.__name__:
         raise ValueError(f"{checkpoint}: a checkpoint of {config['model']}, expected {PRORecTokenizer.__name__}")
-    for key, value in (overrides or {}).items():
-        config[key] = value
-    config["device"] = torch.device("cpu")
-    if config["torch_threads"]:
-        torch.set_num_threads(config["torch_threads"])
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    model = PRORecTokenizer(config, dataset)
-    model.load_state_dict(state["state_dict"])
-    model.load_other_parameter(state.get("other_parameter"))
-    return model.eval(), dataset
+    return model, dataset
 
 
 def main(argv=None):

@@ -73,3 +73,12 @@ def test_cli_unknown_model_and_dataset_are_clear_errors(fast_run_config, capsys)
     assert main(["--model=SASRec", "--dataset=nowhere", f"--data_path={fast_run_config['data_path']}"]) == 2
     error = capsys.readouterr().err
     assert "Unknown dataset 'nowhere'" in error and "tiny" in error
+
+
+def test_evaluate_checkpoint_reproduces_the_runs_test_metrics(fast_run_config):
+    from recbole_prorec.evaluate import evaluate_checkpoint
+
+    result = run("SASRec", "tiny", config_dict=fast_run_config)
+    evaluated = evaluate_checkpoint(result["saved_model_file"])
+    assert evaluated["epoch"] == 0
+    assert evaluated["test_result"] == pytest.approx(result["test_result"])

@@ -1,0 +1,70 @@
+"""Evaluate a saved checkpoint of any model (ours or RecBole's) on the validation and test splits.
+
+    python -m recbole_prorec.evaluate --checkpoint saved/SASRec-X.pth [--key=value ...]
+
+RecBole's own `load_data_and_model` resolves the model by name and fails for plugin classes; this one uses
+`get_model`. Useful for a run that was interrupted before early stopping: its best checkpoint so far is tested
+under the same protocol, and the same file resumes training with `--resume_checkpoint`.
+"""
+
+import argparse
+import json
+import sys
+
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.trainer import Trainer
+from recbole.utils import init_seed
+
+from recbole_prorec.compat import load_checkpoint
+from recbole_prorec.utils import get_model
+
+
+def load_data_and_model(checkpoint, overrides=None):
+    """`(config, model, dataset, (train, valid, test))` rebuilt from a RecBole checkpoint, on the CPU.
+
+    `overrides` update the saved config (e.g. a `data_path` that moved). The model holds the saved weights.
+    """
+    state = load_checkpoint(checkpoint)
+    config = state["config"]
+    for key, value in (overrides or {}).items():
+        config[key] = value
+    config["device"] = torch.device("cpu")
+    if config["torch_threads"]:
+        torch.set_num_threads(int(config["torch_threads"]))
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    splits = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, splits[0].dataset)
+    model.load_state_dict(state["state_dict"])
+    model.load_other_parameter(state.get("other_parameter"))
+    return config, model.eval(), dataset, splits
+
+
+def evaluate_checkpoint(checkpoint, overrides=None):
+    """Validation and test metrics of a checkpoint, with the epoch it was saved at."""
+    config, model, _, (_, valid_data, test_data) = load_data_and_model(checkpoint, overrides)
+    trainer = Trainer(config, model)
+    return {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "epoch": load_checkpoint(checkpoint)["epoch"],
+        "valid_result": dict(trainer.evaluate(valid_data, load_best_model=False)),
+        "test_result": dict(trainer.evaluate(test_data, load_best_model=False)),
+    }
+
+
+def main(argv=None):
+    from recbole_prorec.cli import parse_overrides
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="RecBole checkpoint (.pth)")
+    args, extra = parser.parse_known_args(argv)
+    result = evaluate_checkpoint(args.checkpoint, parse_overrides(extra))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
