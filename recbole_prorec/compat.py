@@ -75,6 +75,16 @@ def load_checkpoint(path, map_location="cpu"):
     return torch.load(str(path), map_location=map_location, weights_only=True)
 
 
+def restore_numpy_aliases():
+    """Why: RecBole's metrics use `np.float` & co., removed in numpy 1.24. RecBole restores them only inside
+    `Config.__init__` (`compatibility_settings`), so code that unpickles a Config from a checkpoint instead of
+    building one (evaluating a saved model) fails in the evaluator without this."""
+    from recbole.config.configurator import Config
+
+    Config.compatibility_settings(None)
+
+
 def apply():
+    restore_numpy_aliases()
     allow_recbole_checkpoints()
     save_checkpoints_with_protocol_2()
