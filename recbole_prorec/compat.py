@@ -84,7 +84,17 @@ def restore_numpy_aliases():
     Config.compatibility_settings(None)
 
 
+def disable_anomaly_detection():
+    """Why: importing `recbole.model.sequential_recommender` runs SINE's module-level
+    `torch.autograd.set_detect_anomaly(True)`, which slows every model's backward pass 2-3x (and ours, which
+    import that package). Switched back off after the import; a user who wants it can turn it on again."""
+    import recbole.model.sequential_recommender  # noqa: F401  (the import that switches it on)
+
+    torch.autograd.set_detect_anomaly(False)
+
+
 def apply():
     restore_numpy_aliases()
+    disable_anomaly_detection()
     allow_recbole_checkpoints()
     save_checkpoints_with_protocol_2()

@@ -4,6 +4,16 @@ import pathlib
 
 import numpy as np
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads, and OpenMP spin-waits stall them on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_tiny_dataset(root, name="tiny", n_users=40, n_items=30, min_len=5, max_len=12, seed=0):

@@ -15,15 +15,6 @@ from recbole_prorec.quantization.kmeans import balanced_assign
 TINY_RQVAE = dict(latent_dim=4, hidden_dims=(32, 16), epochs=25, batch_size=64, lr=3e-3, show_progress=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: extra intra-op threads only spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def planted_clusters(n_per=40, k=5, d=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     centers = 20.0 * torch.randn(k, d, generator=g)

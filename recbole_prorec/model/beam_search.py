@@ -54,10 +54,10 @@ class CodeIndex(nn.Module):
         tuple_hashes, order = self.prefix_hash(codes).sort()
         duplicate = (tuple_hashes[1:] == tuple_hashes[:-1]).nonzero()
         if duplicate.numel():
-            first, second = item_ids[order[int(duplicate[0])]], item_ids[order[int(duplicate[0]) + 1]]
+            first, second = order[int(duplicate[0])], order[int(duplicate[0]) + 1]
             raise ValueError(
-                f"items {int(first)} and {int(second)} share the code tuple {codes[order[int(duplicate[0])]].tolist()}: "
-                "codes must be unique per item (add a collision level)"
+                f"items {int(item_ids[first])} and {int(item_ids[second])} share the code tuple "
+                f"{codes[first].tolist()}: codes must be unique per item (add a collision level)"
             )
         self.register_buffer("tuple_hashes", tuple_hashes, persistent=False)  # [N]
         self.register_buffer("tuple_items", item_ids[order], persistent=False)  # [N]
@@ -95,11 +95,11 @@ def constrained_beam_search(step_log_probs, index, batch_size, beam_size, device
 
     `step_log_probs(prefix, parent)` maps the beams' code prefixes `[B, W, t]` to the log-probabilities of
     level t's codes `[B, W, K_t]`; `parent [B, W]` says which beam of the previous call each beam extends (None
-    at level 0, where `W == 1`: every beam starts from the same empty prefix), so a caller can reorder a cache. A tuple's score is
-    the sum of its codes' log-probabilities, as in teacher-forced scoring; invalid continuations are masked
-    (not renormalised), so scores equal the model's own log-probabilities of the items. Beams that run out of
-    valid continuations (fewer than `beam_size` items below the surviving prefixes) end with item 0 and score
-    -inf. Deterministic: ties are broken by `torch.topk`.
+    at level 0, where `W == 1`: every beam starts from the same empty prefix), so a caller can reorder a cache.
+    A tuple's score is the sum of its codes' log-probabilities, as in teacher-forced scoring; invalid
+    continuations are masked (not renormalised), so scores equal the model's own log-probabilities of the items.
+    Beams that run out of valid continuations (fewer than `beam_size` items below the surviving prefixes) end
+    with item 0 and score -inf. Deterministic: ties are broken by `torch.topk`.
 
     Returns `items [B, beam_size]` (internal ids) and `scores [B, beam_size]`, best first.
     """
@@ -108,8 +108,8 @@ def constrained_beam_search(step_log_probs, index, batch_size, beam_size, device
     parent = None
     for level, codebook_size in enumerate(index.codebook_sizes):
         log_probs = step_log_probs(prefix, parent).float()  # [B, W, K]
-        candidates = (scores.unsqueeze(-1) + log_probs).masked_fill(index.allowed_codes(prefix).logical_not(), -torch.inf)
-        candidates = candidates.flatten(1)  # [B, W*K]
+        invalid = index.allowed_codes(prefix).logical_not()  # [B, W, K]
+        candidates = (scores.unsqueeze(-1) + log_probs).masked_fill(invalid, -torch.inf).flatten(1)  # [B, W*K]
         if candidates.shape[1] < beam_size:
             candidates = nn.functional.pad(candidates, (0, beam_size - candidates.shape[1]), value=-torch.inf)
         scores, flat = candidates.topk(beam_size, dim=1)  # [B, beam]

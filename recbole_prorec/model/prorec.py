@@ -20,13 +20,14 @@ def in_batch_info_nce(queries, keys, temperature):
     """InfoNCE of `queries [B, d]` against `keys [B, d]` (row b is b's positive, the other rows its negatives).
 
     Both sides are L2-normalised (cosine similarity). Rows whose key equals b's key (the same target item, or
-    an identical history) are not counted as b's negatives: they would be false negatives.
+    an identical history) are not counted as b's negatives: they would be false negatives. Computed in float32
+    even under autocast, so that equal keys are recognised.
     """
-    queries, keys = F.normalize(queries.float(), dim=-1), F.normalize(keys.float(), dim=-1)
-    logits = queries @ keys.T / temperature  # [B, B]
-    same_key = (keys @ keys.T) > 1 - 1e-6
-    logits = logits.masked_fill(same_key & ~torch.eye(len(keys), dtype=torch.bool, device=keys.device), -torch.inf)
-    return F.cross_entropy(logits, torch.arange(len(keys), device=keys.device))
+    with torch.autocast(keys.device.type, enabled=False):
+        queries, keys = F.normalize(queries.float(), dim=-1), F.normalize(keys.float(), dim=-1)
+        logits = queries @ keys.T / temperature  # [B, B]
+        duplicate = (keys @ keys.T > 1 - 1e-6) & ~torch.eye(len(keys), dtype=torch.bool, device=keys.device)
+        return F.cross_entropy(logits.masked_fill(duplicate, -torch.inf), torch.arange(len(keys), device=keys.device))
 
 
 class PRORec(TIGER):
@@ -34,20 +35,22 @@ class PRORec(TIGER):
 
     With `e_i` the artifact's integrated embedding of item i, `y_b` the target item of sequence b,
     `h_{b,l}` the decoder state that predicts level l of `y_b` (teacher-forced), `m_{b,s}` the encoder output
-    at non-padding position s of the `S_b` positions, `H_b` the history items, `P_item`, `P_hist` linear maps
-    from d_model to the embedding width, and `NCE(q, k)` the in-batch InfoNCE of `in_batch_info_nce`
-    (cosine similarity, temperature `kd_temperature`):
+    at the `S_b` non-padding positions s (history tokens, and the user token when there is one), `H_b` the
+    history items, `P_item`, `P_hist` linear maps from d_model to the embedding width, `tau` = `kd_temperature`:
 
         L = L_CE + kd_item_weight * L_item + kd_history_weight * L_hist
         L_CE   = -1/(B L) sum_b sum_l log p(c_l(y_b) | c_<l(y_b), history_b)
-        L_item = NCE(q_b = P_item(1/L sum_l h_{b,l}),     k_b = e_{y_b})
-        L_hist = NCE(q_b = P_hist(1/S_b sum_s m_{b,s}),   k_b = 1/|H_b| sum_{i in H_b} e_i)
+        L_item = NCE(q_b = P_item(1/L sum_l h_{b,l}),    k_b = e_{y_b})
+        L_hist = NCE(q_b = P_hist(1/S_b sum_s m_{b,s}),  k_b = 1/|H_b| sum_{i in H_b} e_i)
+        NCE(q, k) = -1/B sum_b log( exp(cos(q_b, k_b)/tau) / sum_{j: j = b or k_j != k_b} exp(cos(q_b, k_j)/tau) )
 
-    L_item asks the states that generate the next item's codes to also point at its continuous embedding,
-    which tells items apart that share a code prefix; L_hist asks the encoder, which only reads codes, to keep
-    what the history's continuous embeddings say. InfoNCE rather than MSE/cosine: it needs the targets only up
-    to scale and rewards telling in-batch items apart, as stage 1's alignment does. A weight of 0 removes its
-    term and its projection (ablation).
+    L_item asks the states that generate the next item's codes to also predict its continuous embedding: a
+    graded target (similar items are close) where the code cross-entropy only knows right or wrong codes.
+    L_hist asks the encoder, which only reads codes, to keep what the history's continuous embeddings say.
+    InfoNCE rather than MSE/cosine: it needs the targets only up to scale and rewards telling in-batch items
+    apart, as stage 1's alignment does; unlike stage 1's symmetric InfoNCE it is one-directional (the targets
+    are fixed) and skips duplicate targets as negatives (popular items recur within a batch). A weight of 0
+    removes its term and its projection (ablation).
     """
 
     stage_one_model = "PRORecTokenizer"

@@ -124,10 +124,11 @@ class TIGER(SequentialRecommender):
             module.bias.data.zero_()
 
     def autocast(self):
-        """bfloat16 autocast when `bf16` is set (about 2x faster matmuls on CPUs with AVX-512 BF16)."""
+        """bfloat16 autocast when `bf16` is set (AVX-512 BF16 CPUs: training ~1.6x, beam search ~1.4x faster)."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def history_codes(self, interaction):
+        """Codes of the interaction's history items."""
         return self.item_codes[interaction[self.ITEM_SEQ]]  # [B, T, L], padding items all -1
 
     def forward(self, interaction, target_items):

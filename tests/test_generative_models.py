@@ -1,0 +1,178 @@
+"""TIGER and PRORec as RecBole models: scores RecBole's evaluator can use, KD losses, one epoch end to end."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.trainer import Trainer
+from recbole.utils import init_seed
+
+from recbole_prorec import semantic
+from recbole_prorec.model.prorec import PRORec, in_batch_info_nce
+from recbole_prorec.model.tiger import TIGER, build_semantic_artifact
+from recbole_prorec.quantization import ItemCodeArtifact, quantize
+from recbole_prorec.utils import PROPERTIES_DIR
+
+TINY_MODEL = {
+    "d_model": 16, "attention_heads": 2, "encoder_layers": 1, "decoder_layers": 1, "d_ff": 32,
+    "n_user_buckets": 7, "learning_rate": 0.01, "stopping_step": 1,
+}
+
+
+class FakeEncoder:
+    """A fixed random 12-d vector per text, so no sentence-transformers model is needed."""
+
+    def encode(self, texts, batch_size, show_progress_bar, convert_to_numpy):
+        seeds = [int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) for text in texts]
+        return np.stack([np.random.default_rng(seed).standard_normal(12) for seed in seeds])
+
+
+def make_config(model_class, fast_run_config, **overrides):
+    files = [str(PROPERTIES_DIR / "overall.yaml"), str(PROPERTIES_DIR / "model" / f"{model_class.__name__}.yaml")]
+    config_dict = {**fast_run_config, **TINY_MODEL, "text_fields": ["title", "brand", "categories"], **overrides}
+    config = Config(model=model_class, dataset="tiny", config_file_list=files, config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    return config
+
+
+def write_artifact(dataset, path, seed=0):
+    """Residual k-means codes (2 levels of 4 + collision level) of random 'integrated' embeddings."""
+    embeddings = np.random.default_rng(seed).standard_normal((dataset.item_num, 8)).astype(np.float32)
+    embeddings[0] = 0
+    result = quantize(embeddings[1:], method="rkmeans", levels=2, codebook_size=4, seed=seed)
+    item_tokens = dataset.field2id_token[dataset.iid_field]
+    return str(ItemCodeArtifact.from_quantization(result, item_tokens, embeddings).save(path))
+
+
+def prepared(model_class, fast_run_config, **overrides):
+    """Config, dataloaders and model, with a hand-made artifact unless one is given."""
+    config = make_config(model_class, fast_run_config, **overrides)
+    dataset = create_dataset(config)
+    if not config["tokenizer_artifact"]:
+        config["tokenizer_artifact"] = write_artifact(dataset, "artifacts/tiny")
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = model_class(config, train_data._dataset)
+    return config, model, (train_data, valid_data, test_data)
+
+
+@pytest.fixture
+def tiger(fast_run_config):
+    return prepared(TIGER, fast_run_config)
+
+
+def first_batch(data):
+    return next(iter(data))
+
+
+def test_full_sort_predict_scores_the_beam_and_nothing_else(tiger):
+    config, model, (_, valid_data, _) = tiger
+    interaction = first_batch(valid_data)[0]
+    model.eval()
+    with torch.no_grad():
+        scores = model.full_sort_predict(interaction)
+    assert scores.shape == (len(interaction), model.n_items)
+    finite = torch.isfinite(scores)
+    assert (finite.sum(1) == config["beam_size"]).all()
+    assert not finite[:, 0].any()  # the padding item is never generated
+
+
+def test_predict_gives_the_beam_scores_of_the_generated_items(tiger):
+    _, model, (_, valid_data, _) = tiger
+    interaction = first_batch(valid_data)[0]
+    model.eval()
+    with torch.no_grad():
+        scores = model.full_sort_predict(interaction)
+        best = scores.argmax(1)
+        interaction.update(type(interaction)({model.ITEM_ID: best}))
+        predicted = model.predict(interaction)
+    torch.testing.assert_close(predicted, scores.max(1).values, atol=0.05, rtol=0.01)  # bf16 autocast
+
+
+def test_beam_narrower_than_topk_is_an_error(fast_run_config):
+    with pytest.raises(ValueError, match=r"beam_size \(10\) must be >= the largest topk \(20\)"):
+        prepared(TIGER, fast_run_config, beam_size=10)
+
+
+def test_prorec_without_an_artifact_says_how_to_get_one(fast_run_config):
+    config = make_config(PRORec, fast_run_config)
+    dataset = create_dataset(config)
+    with pytest.raises(ValueError, match="tokenizer_artifact"):
+        PRORec(config, dataset)
+
+
+def test_artifact_of_another_dataset_is_rejected(fast_run_config):
+    config = make_config(TIGER, fast_run_config)
+    dataset = create_dataset(config)
+    embeddings = np.zeros((dataset.item_num, 4), dtype=np.float32)
+    codes = np.arange(dataset.item_num * 2).reshape(-1, 2)
+    codes[0] = -1
+    tokens = ["[PAD]"] + [f"other{i}" for i in range(1, dataset.item_num)]
+    config["tokenizer_artifact"] = str(ItemCodeArtifact(codes, tokens, embeddings).save("artifacts/other"))
+    with pytest.raises(ValueError, match="does not match the dataset's item order"):
+        TIGER(config, dataset)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_info_nce_ignores_duplicate_targets_as_negatives(bf16):
+    keys = torch.tensor([[0.6, 0.8, 0.1], [0.6, 0.8, 0.1], [0.0, 0.3, 1.0]])
+    queries = keys.clone()
+    # Without the mask rows 0 and 1 would be each other's hardest negatives: a loss of at least log 2 for them.
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = in_batch_info_nce(queries, keys, temperature=0.05)
+    assert loss.dtype == torch.float32 and loss.item() < 1e-3
+
+
+def test_prorec_kd_weights_add_their_terms_and_zero_removes_them(fast_run_config):
+    losses = {}
+    for item_weight, history_weight in [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]:
+        _, model, (train_data, _, _) = prepared(
+            PRORec, fast_run_config, kd_item_weight=item_weight, kd_history_weight=history_weight, bf16=False
+        )
+        assert (model.item_projection is None) == (item_weight == 0)
+        assert (model.history_projection is None) == (history_weight == 0)
+        with torch.no_grad():
+            losses[item_weight, history_weight] = model.calculate_loss(first_batch(train_data)).item()
+    assert losses[1.0, 0.0] > losses[0.0, 0.0] + 0.5  # an untrained InfoNCE term is about log(batch)
+    assert losses[0.0, 1.0] > losses[0.0, 0.0] + 0.5
+
+
+@pytest.mark.parametrize("model_class", [TIGER, PRORec])
+def test_one_epoch_trains_and_evaluates_through_recbole(model_class, fast_run_config):
+    # The checkpoint's Config names the model class; compat allow-lists the classes that model/__init__ exports.
+    torch.serialization.add_safe_globals([model_class])
+    config, model, (train_data, valid_data, test_data) = prepared(model_class, fast_run_config, epochs=2)
+    trainer = Trainer(config, model)
+    losses = [trainer._train_epoch(train_data, epoch) for epoch in range(2)]
+    assert losses[1] < losses[0]
+    trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+    assert set(result) == {f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20)}
+    assert all(0.0 <= value <= 1.0 for value in result.values())
+
+
+def test_tiger_builds_and_caches_its_semantic_artifact(fast_run_config, monkeypatch):
+    calls = []
+
+    def fake_loader(name, device="cpu"):
+        calls.append(name)
+        return FakeEncoder()
+
+    monkeypatch.setattr(semantic, "load_sentence_encoder", fake_loader)
+    overrides = {
+        "semantic_model": "fake", "rqvae_levels": 2, "rqvae_codebook_size": 4,
+        "rqvae_kwargs": {"epochs": 3, "hidden_dims": [16], "latent_dim": 4, "show_progress": False},
+    }
+    config = make_config(TIGER, fast_run_config, **overrides)
+    dataset = create_dataset(config)
+    path = build_semantic_artifact(dataset, config)
+    artifact = ItemCodeArtifact.load(path, dataset)
+    assert artifact.codes.shape == (dataset.item_num, 3) and artifact.config["method"] == "rqvae"
+    assert build_semantic_artifact(dataset, config) == path and calls == ["fake"]  # second call: cached
+
+    model = TIGER(config, dataset)  # no tokenizer_artifact: TIGER builds (here: reuses) its own
+    assert torch.equal(model.item_codes, torch.from_numpy(artifact.codes))
+    assert build_semantic_artifact(dataset, make_config(TIGER, fast_run_config, **overrides, seed=7)) != path
