@@ -46,7 +46,7 @@ def _without_command_line():
 def build_config(model, dataset, config_file_list=None, config_dict=None):
     """RecBole Config from our YAMLs (protocol, dataset, model), the user's files, then `config_dict`."""
     model_class = get_model(model)
-    files = model_config_files(model_class.__name__, dataset) + list(config_file_list or [])
+    files = model_config_files(model_class, dataset) + list(config_file_list or [])
     with _without_command_line():
         return Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=dict(config_dict or {}))
 

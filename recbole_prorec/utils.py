@@ -55,13 +55,16 @@ def get_model(name):
     )
 
 
-def model_config_files(model_name, dataset_name):
-    """Our YAML files for a run, in RecBole's order: protocol, then model, then dataset (which wins)."""
-    candidates = [
-        PROPERTIES_DIR / "overall.yaml",
-        PROPERTIES_DIR / "model" / f"{model_name}.yaml",
-        PROPERTIES_DIR / "dataset" / f"{dataset_name}.yaml",
-    ]
+def model_config_files(model_class, dataset_name):
+    """Our YAML files for a run, in RecBole's order: protocol, model, dataset (which wins).
+
+    A model inherits the YAML of each parent class that has one (PRORec reads TIGER.yaml, then PRORec.yaml),
+    so shared options are written once.
+    """
+    lineage = [cls.__name__ for cls in reversed(model_class.__mro__)]
+    candidates = [PROPERTIES_DIR / "overall.yaml"]
+    candidates += [PROPERTIES_DIR / "model" / f"{name}.yaml" for name in lineage]
+    candidates += [PROPERTIES_DIR / "dataset" / f"{dataset_name}.yaml"]
     return [str(path) for path in candidates if path.is_file()]
 
 

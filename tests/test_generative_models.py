@@ -5,7 +5,6 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.trainer import Trainer
 from recbole.utils import init_seed
@@ -14,7 +13,7 @@ from recbole_prorec import semantic
 from recbole_prorec.model.prorec import PRORec, in_batch_info_nce
 from recbole_prorec.model.tiger import TIGER, build_semantic_artifact
 from recbole_prorec.quantization import ItemCodeArtifact, quantize
-from recbole_prorec.utils import PROPERTIES_DIR
+from recbole_prorec.quick_start import build_config, run
 
 TINY_MODEL = {
     "d_model": 16, "attention_heads": 2, "encoder_layers": 1, "decoder_layers": 1, "d_ff": 32,
@@ -31,9 +30,8 @@ class FakeEncoder:
 
 
 def make_config(model_class, fast_run_config, **overrides):
-    files = [str(PROPERTIES_DIR / "overall.yaml"), str(PROPERTIES_DIR / "model" / f"{model_class.__name__}.yaml")]
     config_dict = {**fast_run_config, **TINY_MODEL, "text_fields": ["title", "brand", "categories"], **overrides}
-    config = Config(model=model_class, dataset="tiny", config_file_list=files, config_dict=config_dict)
+    config = build_config(model_class, "tiny", config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
     return config
 
@@ -176,3 +174,17 @@ def test_tiger_builds_and_caches_its_semantic_artifact(fast_run_config, monkeypa
     model = TIGER(config, dataset)  # no tokenizer_artifact: TIGER builds (here: reuses) its own
     assert torch.equal(model.item_codes, torch.from_numpy(artifact.codes))
     assert build_semantic_artifact(dataset, make_config(TIGER, fast_run_config, **overrides, seed=7)) != path
+
+
+def test_prorec_run_trains_the_tokenizer_first_then_reuses_its_artifact(fast_run_config, monkeypatch):
+    monkeypatch.setattr(semantic, "load_sentence_encoder", lambda name, device="cpu": FakeEncoder())
+    overrides = {
+        **fast_run_config, **TINY_MODEL, "text_fields": ["title", "brand", "categories"], "cache_dir": "cache",
+        "tokenizer_config": {"code_levels": 2, "codebook_size": 4, "hidden_size": 16, "inner_size": 32},
+    }
+    first = run("PRORec", "tiny", config_dict=overrides)
+    assert first["stage_one"]["model"] == "PRORecTokenizer" and first["stage_one"]["artifact"]["path"]
+    assert set(first["test_result"]) == set(first["stage_one"]["test_result"])
+    second = run("PRORec", "tiny", config_dict=overrides)
+    assert "stage_one" not in second  # the cached artifact was found: no second tokenizer training
+    assert second["test_result"] == first["test_result"]
