@@ -11,7 +11,7 @@ from recbole_prorec.quick_start import build_config
 from recbole_prorec.tune import (
     SearchSettings, SearchSpaceError, build_scheduler, load_search_space, main, plan_search, sampled_keys, search,
 )
-from recbole_prorec.utils import PROPERTIES_DIR
+from recbole_prorec.utils import PROPERTIES_DIR, get_model, model_config_files
 
 RECBOLE_OVERALL = pathlib.Path(__import__("recbole").__file__).parent / "properties" / "overall.yaml"
 
@@ -24,10 +24,8 @@ def _keys(path):
 def test_shipped_search_spaces_sample_only_options_of_their_model(space_file):
     space = load_search_space(space_file)
     assert sampled_keys(space), f"{space_file.name} samples nothing"
-    model_yaml = PROPERTIES_DIR / "model" / space_file.name
-    if not model_yaml.is_file():
-        pytest.skip(f"properties/model/{space_file.name} is not written yet")
-    options = _keys(model_yaml) | _keys(PROPERTIES_DIR / "overall.yaml") | _keys(RECBOLE_OVERALL)
+    model_files = model_config_files(get_model(space_file.stem), "ml-100k")  # the model's YAML and its parents'
+    options = set().union(*map(_keys, model_files)) | _keys(RECBOLE_OVERALL)
     assert set(space) <= options, f"{space_file.name}: not options of the model: {set(space) - options}"
 
 
