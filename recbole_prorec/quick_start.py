@@ -66,7 +66,7 @@ def ensure_dataset_files(config):
         return dataset_dir
     from recbole_prorec.data import ensure_atomic_files
 
-    raw_path = config["raw_data_path"] if "raw_data_path" in config else None
+    raw_path = config["raw_data_path"]
     if raw_path:
         raw_path = pathlib.Path(raw_path) / name if (pathlib.Path(raw_path) / name).is_dir() else raw_path
     try:
@@ -104,7 +104,7 @@ def stage_one_artifact(model_class, config, dataset, config_file_list, config_di
     Stage 1 sees the same files and overrides as stage 2, plus `tokenizer_config` (stage-1-only overrides).
     The cache key is the stage-1 config hash, so a changed tokenizer option trains a new tokenizer.
     """
-    given = config["tokenizer_artifact"] if "tokenizer_artifact" in config else None
+    given = config["tokenizer_artifact"]
     if given:
         if not pathlib.Path(f"{given}.npz").is_file():
             raise FileNotFoundError(f"tokenizer_artifact: no file {given}.npz (give the path without .npz)")
@@ -157,7 +157,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
     run_logger.info(recommender)
     trainer_class = getattr(model_class, "trainer_class", None) or get_trainer(config["MODEL_TYPE"], config["model"])
     trainer = trainer_class(config, recommender)
-    if "resume_checkpoint" in config and config["resume_checkpoint"]:
+    if config["resume_checkpoint"]:
         trainer.resume_checkpoint(config["resume_checkpoint"])
     clock = _EpochClock(trainer)
 
