@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.trainer import Trainer
 from recbole.utils import init_seed
@@ -14,7 +13,9 @@ from recbole.utils import init_seed
 from recbole_prorec import analysis, semantic, tokenize
 from recbole_prorec.model.tokenizer import AdaptiveLayerNorm, ModalityAdapter, PRORecTokenizer, symmetric_info_nce
 from recbole_prorec.quantization import ItemCodeArtifact
-from recbole_prorec.utils import PROPERTIES_DIR
+from recbole_prorec.quick_start import build_config
+
+from conftest import write_tiny_dataset
 
 SEMANTIC_DIM = 12
 
@@ -27,19 +28,6 @@ class FakeEncoder:
         return np.stack([np.random.default_rng(seed).standard_normal(SEMANTIC_DIM) for seed in seeds])
 
 
-def write_tiny_dataset(folder, n_users=50, n_items=30):
-    rng = np.random.default_rng(0)
-    inter = ["user_id:token\titem_id:token\ttimestamp:float"]
-    for user in range(n_users):
-        for position, item in enumerate(rng.choice(n_items, size=rng.integers(5, 10), replace=False)):
-            inter.append(f"u{user}\ti{item}\t{position}")
-    items = ["item_id:token\ttitle:token_seq\tbrand:token_seq\tcategories:token_seq"]
-    items += [f"i{i}\tProduct {i}\tbrand{i % 3}\tBeauty > Shelf{i % 4}" for i in range(n_items)]
-    (folder / "tiny").mkdir(parents=True)
-    (folder / "tiny" / "tiny.inter").write_text("\n".join(inter) + "\n")
-    (folder / "tiny" / "tiny.item").write_text("\n".join(items) + "\n")
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One epoch of PRORecTokenizer through RecBole's Trainer on a tiny dataset, in a scratch folder."""
@@ -48,9 +36,8 @@ def trained(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
         patch.setattr(semantic, "load_sentence_encoder", lambda name, device="cpu": FakeEncoder())
-        config = Config(
-            model=PRORecTokenizer, dataset="tiny",
-            config_file_list=[str(PROPERTIES_DIR / "overall.yaml"), str(PROPERTIES_DIR / "model" / "PRORecTokenizer.yaml")],
+        config = build_config(
+            PRORecTokenizer, "tiny",
             config_dict={"data_path": str(folder / "data"), "epochs": 1, "train_batch_size": 32, "codebook_size": 4,
                          "use_gpu": False, "show_progress": False, "semantic_model": "fake",
                          "text_fields": ["title", "brand", "categories"]},
