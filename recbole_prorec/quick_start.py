@@ -7,8 +7,6 @@ from a stage-1 run first (cached, so a second run reuses it).
 """
 
 import contextlib
-import hashlib
-import json
 import logging
 import pathlib
 import resource
@@ -21,7 +19,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_trainer, init_logger, init_seed, set_color
 
 from recbole_prorec.compat import allow_recbole_checkpoints
-from recbole_prorec.utils import cache_dir, get_model, model_config_files
+from recbole_prorec.utils import cache_dir, get_model, model_config_files, settings_digest
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +52,7 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
 def config_hash(config):
     """Short stable hash of everything in a config that can change a result."""
     settings = {k: v for k, v in config.final_config_dict.items() if k not in _VOLATILE_KEYS}
-    blob = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+    return settings_digest(settings)
 
 
 def ensure_dataset_files(config):

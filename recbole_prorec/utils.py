@@ -1,6 +1,8 @@
 """Model lookup and paths shared by the CLI, the tuner and the benchmarks."""
 
+import hashlib
 import importlib
+import json
 import pathlib
 
 import recbole.model.sequential_recommender as recbole_sequential
@@ -66,6 +68,12 @@ def model_config_files(model_class, dataset_name):
     candidates += [PROPERTIES_DIR / "model" / f"{name}.yaml" for name in lineage]
     candidates += [PROPERTIES_DIR / "dataset" / f"{dataset_name}.yaml"]
     return [str(path) for path in candidates if path.is_file()]
+
+
+def settings_digest(settings):
+    """Short stable hash of a settings dict: names cached artifacts and identifies configs in results."""
+    blob = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
 def cache_dir(config):

@@ -11,7 +11,6 @@ full-ranking metrics apply unchanged.
 """
 
 import hashlib
-import json
 import logging
 
 import torch
@@ -23,7 +22,7 @@ from recbole_prorec.model.beam_search import CodeIndex
 from recbole_prorec.model.seq2seq import CodeSeq2Seq
 from recbole_prorec.quantization import ItemCodeArtifact, quantize
 from recbole_prorec.semantic import semantic_embeddings
-from recbole_prorec.utils import cache_dir
+from recbole_prorec.utils import cache_dir, settings_digest
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +51,7 @@ def build_semantic_artifact(dataset, config):
     Its `embeddings` are the semantic embeddings that were quantized.
     """
     settings = semantic_artifact_settings(dataset, config)
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    path = cache_dir(config) / "artifacts" / f"{config['dataset']}-TIGER-rqvae-{digest}"
+    path = cache_dir(config) / "artifacts" / f"{config['dataset']}-TIGER-rqvae-{settings_digest(settings)}"
     if path.with_name(path.name + ".npz").is_file() and path.with_name(path.name + ".json").is_file():
         logger.info(f"Reusing TIGER's semantic-ID artifact {path}")
         return str(path)

@@ -13,7 +13,6 @@ The paper's collaborative encoder is DIN; here it is SASRec (Kang and McAuley, I
 class extends, so encoder, ``predict`` and ``full_sort_predict`` are RecBole's own SASRec.
 """
 
-import hashlib
 import json
 import logging
 
@@ -25,7 +24,7 @@ from torch import nn
 
 from recbole_prorec.quantization import ItemCodeArtifact, quantize
 from recbole_prorec.semantic import semantic_embeddings
-from recbole_prorec.utils import PROPERTIES_DIR, cache_dir
+from recbole_prorec.utils import PROPERTIES_DIR, cache_dir, settings_digest
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +135,7 @@ class PRORecTokenizer(SASRec):
             raise ValueError(f"align_temperature must be > 0, got {self.align_temperature}")
         self.artifact_config = _artifact_config(config, type(self).__name__)
         self.artifact_path = config["artifact_path"] or str(
-            cache_dir(config) / "artifacts" / f"{config['dataset']}-{type(self).__name__}-{_digest(self.artifact_config)}"
+            cache_dir(config) / "artifacts" / f"{config['dataset']}-{type(self).__name__}-{settings_digest(self.artifact_config)}"
         )
 
         # Frozen E_S, kept in the checkpoint so a saved model records exactly the text embeddings it saw.
@@ -222,7 +221,3 @@ def _artifact_config(config, model_name):
         if key != "artifact_path":
             options[key] = json.loads(json.dumps(config[key], default=str))
     return options
-
-
-def _digest(options):
-    return hashlib.sha256(json.dumps(options, sort_keys=True).encode("utf-8")).hexdigest()[:10]
