@@ -19,14 +19,14 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_trainer, init_logger, init_seed, set_color
 
 from recbole_prorec.compat import allow_recbole_checkpoints
-from recbole_prorec.utils import cache_dir, get_model, model_config_files, settings_digest
+from recbole_prorec.utils import get_model, model_config_files, settings_digest
 
 logger = logging.getLogger(__name__)
 
 # Keys that decide nothing about a model's results: left out of the config hash.
 _VOLATILE_KEYS = {
     "device", "gpu_id", "use_gpu", "show_progress", "state", "checkpoint_dir", "torch_threads", "worker",
-    "eval_batch_size", "local_rank", "single_spec", "nproc", "world_size", "offset", "ip", "port",
+    "eval_batch_size", "resume_checkpoint", "local_rank", "single_spec", "nproc", "world_size", "offset", "ip", "port",
 }
 
 
@@ -99,7 +99,9 @@ def stage_one_artifact(model_class, config, dataset, config_file_list, config_di
     """Path of the stage-1 artifact a stage-2 model reads, training stage 1 first when none is cached.
 
     Stage 1 sees the same files and overrides as stage 2, plus `tokenizer_config` (stage-1-only overrides).
-    The cache key is the stage-1 config hash, so a changed tokenizer option trains a new tokenizer.
+    The cache key is the stage-1 model's own `default_artifact_path` (a hash of the settings that shape its
+    codes), so a changed tokenizer option trains a new tokenizer and a standalone stage-1 run with the same
+    settings is reused.
     """
     given = config["tokenizer_artifact"]
     if given:
@@ -107,16 +109,17 @@ def stage_one_artifact(model_class, config, dataset, config_file_list, config_di
             raise FileNotFoundError(f"tokenizer_artifact: no file {given}.npz (give the path without .npz)")
         return given, None
     stage_one = model_class.stage_one_model
-    overrides = {**dict(config_dict or {}), **dict(config["tokenizer_config"] or {})}
-    overrides.pop("tokenizer_config", None)
+    stage_two_only = {"tokenizer_config", "resume_checkpoint"}
+    overrides = {k: v for k, v in dict(config_dict or {}).items() if k not in stage_two_only}
+    overrides.update(config["tokenizer_config"] or {})
     stage_one_config = build_config(stage_one, dataset, config_file_list, overrides)
-    artifact = cache_dir(config) / "artifacts" / f"{dataset}-{stage_one}-{config_hash(stage_one_config)}"
+    artifact = get_model(stage_one).default_artifact_path(stage_one_config)
     if pathlib.Path(f"{artifact}.npz").is_file():
         logger.info(f"Reusing the cached {stage_one} artifact {artifact}")
-        return str(artifact), None
+        return artifact, None
     logger.info(f"No {stage_one} artifact cached: training stage 1 ({stage_one}) first")
-    stage_one_result = run(stage_one, dataset, config_file_list, {**overrides, "artifact_path": str(artifact)})
-    return str(artifact), stage_one_result
+    stage_one_result = run(stage_one, dataset, config_file_list, {**overrides, "artifact_path": artifact})
+    return artifact, stage_one_result
 
 
 def run(model, dataset, config_file_list=None, config_dict=None, saved=True, callback_fn=None):
@@ -184,6 +187,8 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
         "best_valid_result": dict(best_valid_result or {}),
         "test_result": dict(test_result or {}),
         "epochs_run": len(clock.train_seconds),
+        "max_epochs": config["epochs"],
+        "stopping_step": config["stopping_step"],
         "best_valid_epoch": best_epoch,
         "train_seconds_per_epoch": sum(clock.train_seconds) / max(len(clock.train_seconds), 1),
         "valid_seconds_per_epoch": sum(clock.valid_seconds) / max(len(clock.valid_seconds), 1),

@@ -119,6 +119,16 @@ class PRORecTokenizer(SASRec):
     fusion whose d_s unit-norm semantic dimensions (384 for MiniLM) dominate d small collaborative ones.
     """
 
+    @classmethod
+    def default_artifact_path(cls, config):
+        """`<cache_dir>/artifacts/<dataset>-<model>-<hash of the settings that shape the codes>`.
+
+        PRORec's stage chaining looks here too, so a standalone tokenizer run and PRORec's stage 1 with the same
+        settings share one artifact.
+        """
+        digest = settings_digest(_artifact_config(config, cls.__name__))
+        return str(cache_dir(config) / "artifacts" / f"{config['dataset']}-{cls.__name__}-{digest}")
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         if self.loss_type != "CE":
@@ -134,9 +144,7 @@ class PRORecTokenizer(SASRec):
         if self.align_temperature <= 0:
             raise ValueError(f"align_temperature must be > 0, got {self.align_temperature}")
         self.artifact_config = _artifact_config(config, type(self).__name__)
-        self.artifact_path = config["artifact_path"] or str(
-            cache_dir(config) / "artifacts" / f"{config['dataset']}-{type(self).__name__}-{settings_digest(self.artifact_config)}"
-        )
+        self.artifact_path = config["artifact_path"] or self.default_artifact_path(config)
 
         # Frozen E_S, kept in the checkpoint so a saved model records exactly the text embeddings it saw.
         self.register_buffer("semantic_embedding", semantic_embeddings(dataset, config))  # [n_items, d_s]

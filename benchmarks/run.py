@@ -1,0 +1,224 @@
+"""Run a benchmark suite: every (run, dataset, seed) of `benchmarks/suites/<suite>.yaml`, each in its own process.
+
+    python benchmarks/run.py --suite main-beauty [--seeds 0 1 2] [--device cpu|cuda] [--only PRORec TIGER]
+
+Each run goes through `recbole_prorec.quick_start.run`, the function behind the CLI, in a child process (a
+crash or a memory peak stays in that run, and peak RSS is per run). Its record is appended as one JSON line to
+`benchmarks/results/<suite>.jsonl`; a run whose key (label, dataset, seed, overrides) is already there is
+skipped, so an interrupted suite resumes where it stopped. A run interrupted mid-training resumes from the
+last checkpoint RecBole saved in its working folder (`benchmarks/work/<suite>/<key>/saved/`).
+
+Suites of `kind: speed` are timed by `benchmarks/speed.py` instead (see there).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import yaml
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parent
+REPO = BENCHMARKS.parent
+SUITES = BENCHMARKS / "suites"
+RESULTS = BENCHMARKS / "results"
+WORK = BENCHMARKS / "work"
+
+# Every run of every suite reads the same converted data and the same semantic-embedding / artifact cache.
+SHARED_SETTINGS = {
+    "data_path": str(WORK / "dataset"),
+    "raw_data_path": str(REPO.parent / "shared" / "data"),
+    "cache_dir": str(WORK / "cache"),
+    "show_progress": False,
+}
+
+
+def load_suite(name):
+    """The suite YAML as a dict, with a clear error for a missing file or key."""
+    path = SUITES / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in SUITES.glob("*.yaml")))
+        raise SystemExit(f"No suite '{name}': expected {path}. Suites: {known}")
+    with open(path, encoding="utf-8") as f:
+        suite = yaml.safe_load(f) or {}
+    if suite.get("kind", "train") == "train":
+        for key in ("datasets", "runs"):
+            if not suite.get(key):
+                raise SystemExit(f"{path}: key '{key}' is missing or empty")
+        for index, entry in enumerate(suite["runs"]):
+            if "model" not in entry:
+                raise SystemExit(f"{path}: runs[{index}] has no 'model' key")
+    return suite
+
+
+def plan(suite, seeds=None, only=None):
+    """Every run of a training suite as a dict: label, model, dataset, seed, overrides and a stable key."""
+    runs = []
+    for dataset in suite["datasets"]:
+        for entry in suite["runs"]:
+            label = entry.get("label", entry["model"])
+            if only and label not in only and entry["model"] not in only:
+                continue
+            for seed in seeds or suite.get("seeds", [2020]):
+                overrides = {**suite.get("config", {}), **entry.get("config", {}), "seed": seed}
+                overrides.update(suite.get("dataset_config", {}).get(dataset, {}))
+                key = f"{label}-{dataset}-seed{seed}-{_digest(overrides)}"
+                runs.append({"label": label, "model": entry["model"], "dataset": dataset, "seed": seed,
+                             "overrides": overrides, "key": key})
+    return runs
+
+
+def _digest(settings):
+    from recbole_prorec.utils import settings_digest
+
+    return settings_digest(settings)
+
+
+def finished_keys(results_file):
+    """Keys of the runs already recorded in a suite's JSONL file."""
+    if not results_file.is_file():
+        return set()
+    keys = set()
+    with open(results_file, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    keys.add(json.loads(line)["key"])
+                except (json.JSONDecodeError, KeyError) as error:
+                    raise SystemExit(f"{results_file}:{number}: not a run record ({error})") from None
+    return keys
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def resume_overrides(model, run_dir):
+    """Overrides that continue an interrupted run from the newest checkpoint RecBole left in `run_dir/saved`.
+
+    A stage-2 model's own checkpoint resumes stage 2; a checkpoint of its stage-1 model (no artifact yet)
+    resumes stage 1 through `tokenizer_config`.
+    """
+    from recbole_prorec.utils import get_model
+
+    model_class = get_model(model)
+    checkpoints = sorted((run_dir / "saved").glob("*.pth"), key=lambda p: p.stat().st_mtime)
+    if not checkpoints:
+        return {}
+    newest = checkpoints[-1]
+    if newest.name.startswith(f"{model_class.__name__}-"):
+        return {"resume_checkpoint": str(newest)}
+    stage_one = getattr(model_class, "stage_one_model", None)
+    if stage_one and newest.name.startswith(f"{stage_one}-"):
+        return {"tokenizer_config_resume": str(newest)}
+    return {}
+
+
+def child_main(spec_file, record_file):
+    """Child process: one `run(...)`, its record written to `record_file` (JSON)."""
+    from recbole_prorec.quick_start import run
+
+    with open(spec_file, encoding="utf-8") as f:
+        spec = json.load(f)
+    overrides = dict(spec["overrides"])
+    stage_one_resume = overrides.pop("tokenizer_config_resume", None)
+    if stage_one_resume:
+        overrides["tokenizer_config"] = {**(overrides.get("tokenizer_config") or {}),
+                                         "resume_checkpoint": stage_one_resume}
+    start = time.perf_counter()
+    result = run(spec["model"], spec["dataset"], config_dict=overrides)
+    record = {
+        "key": spec["key"], "suite": spec["suite"], "label": spec["label"], "git_commit": spec["git_commit"],
+        "overrides": spec["overrides"], "wall_seconds": time.perf_counter() - start,
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **result,
+    }
+    tmp = pathlib.Path(f"{record_file}.tmp")
+    tmp.write_text(json.dumps(record, default=str), encoding="utf-8")
+    os.replace(tmp, record_file)
+
+
+def run_one(suite_name, spec, device, results_file):
+    """Run one planned run in a child process; append its record to the suite's JSONL and return it (None on failure).
+
+    Each record is appended with one `write`, so runners working on parts of one suite (`--only`) can share a file.
+    """
+    run_dir = WORK / suite_name / spec["key"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    overrides = {**SHARED_SETTINGS, "use_gpu": device == "cuda", **spec["overrides"]}
+    overrides.update(resume_overrides(spec["model"], run_dir))
+    full_spec = {**spec, "suite": suite_name, "overrides": overrides, "git_commit": git_commit()}
+    spec_file, record_file = run_dir / "spec.json", run_dir / "record.json"
+    spec_file.write_text(json.dumps(full_spec, indent=1), encoding="utf-8")
+    record_file.unlink(missing_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    with open(run_dir / "run.log", "a", encoding="utf-8") as log:
+        completed = subprocess.run(
+            [sys.executable, str(pathlib.Path(__file__).resolve()), "--child", str(spec_file), str(record_file)],
+            cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    if completed.returncode != 0 or not record_file.is_file():
+        print(f"  FAILED (exit {completed.returncode}); see {run_dir / 'run.log'}", flush=True)
+        return None
+    record = json.loads(record_file.read_text(encoding="utf-8"))
+    record["overrides"] = spec["overrides"]  # the suite's settings, not the machine's paths
+    with open(results_file, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+    return record
+
+
+def _summary(record):
+    test = record.get("test_result", {})
+    return (f"epochs {record['epochs_run']} (best {record['best_valid_epoch']}), "
+            f"test R@10 {test.get('recall@10', float('nan')):.4f} N@10 {test.get('ndcg@10', float('nan')):.4f}, "
+            f"{record['train_seconds_per_epoch']:.0f} s/epoch")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suite", help="a suite name: benchmarks/suites/<name>.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the suite's seeds)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--only", nargs="+", help="run only these labels or model names")
+    parser.add_argument("--child", nargs=2, metavar=("SPEC", "RECORD"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child_main(*args.child)
+    if not args.suite:
+        parser.error("--suite is required")
+    suite = load_suite(args.suite)
+    if suite.get("kind") == "speed":
+        sys.path.insert(0, str(BENCHMARKS))
+        import speed
+
+        return speed.run_suite(args.suite, suite, RESULTS / f"{args.suite}.jsonl", device=args.device)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results_file = RESULTS / f"{args.suite}.jsonl"
+    runs = plan(suite, args.seeds, args.only)
+    done = finished_keys(results_file)
+    todo = [spec for spec in runs if spec["key"] not in done]
+    print(f"suite {args.suite}: {len(runs)} runs, {len(runs) - len(todo)} already in {results_file}", flush=True)
+    failures = 0
+    for index, spec in enumerate(todo, 1):
+        print(f"[{index}/{len(todo)}] {spec['label']} on {spec['dataset']}, seed {spec['seed']} "
+              f"(log: {WORK / args.suite / spec['key'] / 'run.log'})", flush=True)
+        start = time.perf_counter()
+        record = run_one(args.suite, spec, args.device, results_file)
+        if record:
+            print(f"  done in {(time.perf_counter() - start) / 60:.1f} min: {_summary(record)}", flush=True)
+        else:
+            failures += 1
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
