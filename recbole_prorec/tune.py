@@ -35,7 +35,7 @@ import sys
 import yaml
 
 from recbole_prorec.cli import parse_overrides
-from recbole_prorec.utils import PROPERTIES_DIR, get_model
+from recbole_prorec.utils import PROPERTIES_DIR, get_model, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -458,12 +458,6 @@ def _format(value):
     return str(value)
 
 
-def _write_atomically(path, text):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def results_csv(rows, plan):
     """CSV text: one column per metric and per sampled key (`config/<key>`); blanks where a value is missing."""
     valid_names = _metric_names(rows, "valid", plan.metric[len("valid_"):])
@@ -522,12 +516,12 @@ def best_config(rows, plan, space_file):
 def write_results(rows, plan, settings):
     folder = settings.experiment_dir
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomically(folder / "results.csv", results_csv(rows, plan))
+    write_atomically(folder / "results.csv", results_csv(rows, plan))
     title = f"{settings.model} on {settings.dataset}: {len(rows)} trials, sorted by {plan.metric}"
-    _write_atomically(folder / "results.md", results_markdown(rows, plan, title))
+    write_atomically(folder / "results.md", results_markdown(rows, plan, title))
     _, text = best_config(rows, plan, settings.space_file)
     if text is not None:
-        _write_atomically(folder / "best_config.yaml", text)
+        write_atomically(folder / "best_config.yaml", text)
     for row in rows:
         if row["status"] == "error":
             logger.error(f"Trial {row['trial']} failed ({row['error']}) with config {row['full_config']}; "
@@ -582,7 +576,7 @@ def search(settings, resume=False, address=None, num_cpus=None, object_store_mb=
                 plan.trial_overrides["tokenizer_artifact"] = artifact
                 plan.best_config_base["tokenizer_artifact"] = artifact
             folder.mkdir(parents=True, exist_ok=True)
-            _write_atomically(folder / _SETTINGS_FILE, json.dumps(
+            write_atomically(folder / _SETTINGS_FILE, json.dumps(
                 {"settings": dataclasses.asdict(settings), "plan": dataclasses.asdict(plan)}, indent=2, default=str
             ))
             tuner = tune.Tuner(

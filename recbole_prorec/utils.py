@@ -3,6 +3,7 @@
 import hashlib
 import importlib
 import json
+import os
 import pathlib
 
 import recbole.model.sequential_recommender as recbole_sequential
@@ -84,3 +85,15 @@ def cache_dir(config):
     path = pathlib.Path(config["cache_dir"] or "saved/cache")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def write_atomically(path, data):
+    """Write text or bytes to `path` through a temporary file in the same folder, so a crash never leaves half a file."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data, encoding="utf-8")
+    os.replace(tmp, path)

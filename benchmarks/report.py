@@ -1,0 +1,210 @@
+"""Regenerate `benchmarks/RESULTS.md` and the PNG plots from `benchmarks/results/*.jsonl`.
+
+    python benchmarks/report.py
+
+Every number in RESULTS.md comes from a run record (or, for rows labelled "published", from
+`benchmarks/reference.yaml`, transcribed from the papers in DESIGN.md section 8). Tables show mean +- std over
+seeds, the best of our rows per column in bold and, where a suite names a `proposed` model and its `baselines`,
+the proposed model's change over the best baseline in %.
+"""
+
+import argparse
+import collections
+import json
+import pathlib
+import statistics
+import sys
+
+import yaml
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCHMARKS.parent))
+
+from recbole_prorec.utils import write_atomically  # noqa: E402
+
+METRICS = ["recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20"]
+SHORT = {"recall": "R", "ndcg": "N"}
+
+
+def short_name(metric):
+    name, k = metric.split("@")
+    return f"{SHORT.get(name, name)}@{k}"
+
+
+def read_records(results_dir):
+    """{suite: [record, ...]} from every JSONL file, with file:line in the error for a broken line."""
+    records = {}
+    for path in sorted(pathlib.Path(results_dir).glob("*.jsonl")):
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as error:
+                        raise SystemExit(f"{path}:{number}: not JSON ({error})") from None
+        records[path.stem] = rows
+    return records
+
+
+def load_yaml(path):
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def mean_std(values):
+    """(mean, std or None for a single seed)."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def format_value(mean, std, bold=False):
+    if mean is None:
+        return "–"
+    text = f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+    return f"**{text}**" if bold else text
+
+
+def group_rows(records):
+    """Our table rows for one dataset: per label, metric means/stds over seeds plus run facts, in suite order."""
+    by_label = collections.OrderedDict()
+    for record in records:
+        by_label.setdefault(record["label"], []).append(record)
+    rows = []
+    for label, runs in by_label.items():
+        row = {"label": label, "seeds": sorted(r["seed"] for r in runs), "runs": runs}
+        for metric in METRICS:
+            row[metric] = mean_std([r["test_result"][metric] for r in runs if metric in r["test_result"]])
+        row["epochs"] = " / ".join(
+            f"{r['best_valid_epoch']}/{r['epochs_run']}{'' if r['epochs_run'] < r.get('max_epochs', 1e9) else ' (cap)'}"
+            for r in runs
+        )
+        row["train_s"] = mean_std([r["train_seconds_per_epoch"] for r in runs])[0]
+        row["eval_s"] = mean_std([r["test_eval_seconds"] for r in runs])[0]
+        row["rss"] = max(r["peak_rss_mb"] for r in runs)
+        rows.append(row)
+    return rows
+
+
+def improvement(rows, proposed, baselines):
+    """{metric: % change of `proposed` over the best of `baselines`} where both have the metric."""
+    by_label = {row["label"]: row for row in rows}
+    if proposed not in by_label:
+        return {}
+    change = {}
+    for metric in METRICS:
+        ours = by_label[proposed][metric][0]
+        best = max((by_label[b][metric][0] for b in baselines if b in by_label and by_label[b][metric][0] is not None),
+                   default=None)
+        if ours is not None and best:
+            change[metric] = 100.0 * (ours - best) / best
+    return change
+
+
+def metric_table(rows, published):
+    """Markdown: one line per model (ours first, best bold), then the published reference rows."""
+    best = {m: max((row[m][0] for row in rows if row[m][0] is not None), default=None) for m in METRICS}
+    header = ["model", "seeds"] + [short_name(m) for m in METRICS] + [
+        "best/run epochs", "s / train epoch", "test eval s", "peak RSS MB"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["label"], str(len(row["seeds"]))]
+        cells += [format_value(*row[m], bold=row[m][0] is not None and row[m][0] == best[m]) for m in METRICS]
+        cells += [row["epochs"], f"{row['train_s']:.0f}", f"{row['eval_s']:.0f}", f"{row['rss']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    for ref in published:
+        cells = [f"{ref['model']} (published: {ref['source']})", "–"]
+        cells += [f"{ref[m]:.4f}" if m in ref else "–" for m in METRICS] + ["–"] * 4
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_metrics(rows, title, path):
+    """Grouped bars: R@10, N@10, R@20, N@20 per model (error bars = std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = ["recall@10", "ndcg@10", "recall@20", "ndcg@20"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4))
+    width = 0.8 / len(shown)
+    for index, metric in enumerate(shown):
+        means = [row[metric][0] or 0 for row in rows]
+        stds = [row[metric][1] or 0 for row in rows]
+        positions = [i + (index - (len(shown) - 1) / 2) * width for i in range(len(rows))]
+        ax.bar(positions, means, width, yerr=stds, label=short_name(metric))
+    ax.set_xticks(range(len(rows)), [row["label"] for row in rows], rotation=20, ha="right")
+    ax.set_ylabel("test metric")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def training_section(suite_name, suite, records, references, plots_dir):
+    lines = [f"## {suite_name}", "", suite.get("description", "")]
+    for dataset in sorted({r["dataset"] for r in records}):
+        rows = group_rows([r for r in records if r["dataset"] == dataset])
+        published = [ref for ref in references.get(dataset, []) if not suite.get("no_published")]
+        lines += ["", f"### {dataset}", "", metric_table(rows, published), ""]
+        proposed = suite.get("proposed")
+        if proposed:
+            change = improvement(rows, proposed, suite.get("baselines", []))
+            if change:
+                against = ", ".join(b for b in suite.get("baselines", []) if b in {r["label"] for r in rows})
+                lines.append(f"{proposed} vs the best of ({against}) per column: "
+                             + ", ".join(f"{short_name(m)} {v:+.1f}%" for m, v in change.items()))
+                lines.append("")
+        plot = plots_dir / f"{suite_name}-{dataset}.png"
+        plot_metrics(rows, f"{suite_name}: {dataset}", plot)
+        lines += [f"![{suite_name} {dataset}](plots/{plot.name})", ""]
+        lines += ["<details><summary>runs</summary>", "", "| model | seed | commit | config hash | finished |",
+                  "|---|---|---|---|---|"]
+        for row in rows:
+            for r in row["runs"]:
+                lines.append(f"| {r['label']} | {r['seed']} | {(r.get('git_commit') or '?')[:8]} | "
+                             f"{r['config_hash']} | {r.get('finished_at', '?')} |")
+        lines += ["", "</details>", ""]
+    return lines
+
+
+def speed_section(suite_name, suite, records, plots_dir):
+    sys.path.insert(0, str(BENCHMARKS))
+    import speed
+
+    return speed.report_lines(suite_name, suite, records, plots_dir)
+
+
+def build_report(results_dir=BENCHMARKS / "results", suites_dir=BENCHMARKS / "suites", plots_dir=BENCHMARKS / "plots"):
+    records = read_records(results_dir)
+    references = load_yaml(BENCHMARKS / "reference.yaml")
+    lines = ["# Benchmark results", "",
+             "Generated by `python benchmarks/report.py` from `benchmarks/results/*.jsonl`; do not edit by hand.",
+             "Rows marked *published* come from `benchmarks/reference.yaml` (the papers' numbers, DESIGN.md section 8);",
+             "every other number is a run of `python benchmarks/run.py`. Epochs are best-valid/run; *(cap)* marks a",
+             "run that hit its epoch cap before early stopping fired.", ""]
+    for suite_name, suite_records in records.items():
+        suite = load_yaml(pathlib.Path(suites_dir) / f"{suite_name}.yaml")
+        if suite.get("kind") == "speed":
+            lines += speed_section(suite_name, suite, suite_records, plots_dir)
+        else:
+            lines += training_section(suite_name, suite, suite_records, references, plots_dir)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", default=str(BENCHMARKS / "RESULTS.md"))
+    args = parser.parse_args(argv)
+    write_atomically(args.output, build_report())
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
