@@ -153,12 +153,13 @@ def run_one(suite_name, spec, device, results_file):
     """
     run_dir = WORK / suite_name / spec["key"]
     run_dir.mkdir(parents=True, exist_ok=True)
+    spec_file, record_file = run_dir / "spec.json", run_dir / "record.json"
+    if record_file.is_file():  # the run finished but its runner died before appending: adopt the record
+        return _append(record_file, spec, results_file)
     overrides = {**SHARED_SETTINGS, "use_gpu": device == "cuda", **spec["overrides"]}
     overrides.update(resume_overrides(spec["model"], run_dir))
     full_spec = {**spec, "suite": suite_name, "overrides": overrides, "git_commit": git_commit()}
-    spec_file, record_file = run_dir / "spec.json", run_dir / "record.json"
     spec_file.write_text(json.dumps(full_spec, indent=1), encoding="utf-8")
-    record_file.unlink(missing_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     with open(run_dir / "run.log", "a", encoding="utf-8") as log:
@@ -169,6 +170,10 @@ def run_one(suite_name, spec, device, results_file):
     if completed.returncode != 0 or not record_file.is_file():
         print(f"  FAILED (exit {completed.returncode}); see {run_dir / 'run.log'}", flush=True)
         return None
+    return _append(record_file, spec, results_file)
+
+
+def _append(record_file, spec, results_file):
     record = json.loads(record_file.read_text(encoding="utf-8"))
     record["overrides"] = spec["overrides"]  # the suite's settings, not the machine's paths
     with open(results_file, "a", encoding="utf-8") as f:
