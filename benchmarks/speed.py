@@ -101,7 +101,7 @@ def measure_dataset(dataset, models, train_batches=50, config=None):
         eval_seconds = time.perf_counter() - start
         records.append({
             "kind": "dataset", "key": f"dataset-{dataset}-{name}", "dataset": dataset, "model": name,
-            "test_users": len(test_data.uid_list), "test_eval_seconds": eval_seconds,
+            "test_users": test_data.sample_size, "test_eval_seconds": eval_seconds,
             "train_batches_timed": train_batches, "train_seconds_per_epoch": train_seconds,
             "peak_rss_mb": peak_rss_mb(), "untrained_test_ndcg@10": result.get("ndcg@10"),
         })
