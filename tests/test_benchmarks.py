@@ -1,0 +1,129 @@
+"""benchmarks/: the suite runner (plan, skip, resume, adopt), the report, and the speed measurements."""
+
+import json
+import pathlib
+import sys
+
+import pytest
+import torch
+import yaml
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import report  # noqa: E402
+import run as runner  # noqa: E402
+import speed  # noqa: E402
+
+
+@pytest.fixture
+def bench_dirs(tmp_path, monkeypatch, fast_run_config):
+    """The runner's folders moved into tmp_path, and a one-epoch SASRec suite on the tiny dataset."""
+    suites, results, work = tmp_path / "suites", tmp_path / "results", tmp_path / "work"
+    suites.mkdir()
+    for name, value in {"SUITES": suites, "RESULTS": results, "WORK": work}.items():
+        monkeypatch.setattr(runner, name, value)
+    monkeypatch.setattr(runner, "SHARED_SETTINGS", {"data_path": fast_run_config["data_path"], "show_progress": False})
+    suite = {"datasets": ["tiny"], "seeds": [1], "config": {**fast_run_config, "epochs": 1},
+             "runs": [{"model": "SASRec", "config": {"n_layers": 1}}]}
+    (suites / "tiny.yaml").write_text(yaml.safe_dump(suite))
+    return suites, results, work
+
+
+def test_plan_merges_overrides_and_gives_stable_keys():
+    suite = {"datasets": ["a", "b"], "seeds": [0, 1], "config": {"epochs": 5, "lr": 1},
+             "runs": [{"model": "SASRec"}, {"model": "PRORec", "label": "no kd", "config": {"epochs": 2}}]}
+    runs = runner.plan(suite)
+    assert len(runs) == 8
+    no_kd = [r for r in runs if r["label"] == "no kd"]
+    assert all(r["overrides"]["epochs"] == 2 and r["overrides"]["lr"] == 1 for r in no_kd)
+    assert [r["key"] for r in runner.plan(suite)] == [r["key"] for r in runs]
+    assert len({r["key"] for r in runs}) == 8
+    only = runner.plan(suite, seeds=[7], only=["no kd"])
+    assert [(r["label"], r["seed"]) for r in only] == [("no kd", 7), ("no kd", 7)]
+
+
+def test_suite_errors_name_the_file_and_key(bench_dirs):
+    suites, _, _ = bench_dirs
+    (suites / "broken.yaml").write_text("datasets: [tiny]\nruns:\n  - {label: x}\n")
+    with pytest.raises(SystemExit, match=r"broken.yaml: runs\[0\] has no 'model' key"):
+        runner.load_suite("broken")
+    with pytest.raises(SystemExit, match="Suites: broken, tiny"):
+        runner.load_suite("missing")
+
+
+def test_a_broken_results_line_is_reported_with_its_line_number(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"key": "a"}\nnot json\n')
+    with pytest.raises(SystemExit, match=r"s.jsonl:2"):
+        runner.finished_keys(path)
+
+
+def test_runner_records_a_run_then_skips_it_and_adopts_orphaned_records(bench_dirs, capsys):
+    _, results, work = bench_dirs
+    assert runner.main(["--suite", "tiny"]) == 0
+    lines = (results / "tiny.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["model"] == "SASRec" and record["seed"] == 1 and record["epochs_run"] == 1
+    assert set(record["test_result"]) >= {"recall@10", "ndcg@10"} and record["git_commit"] is not None
+    assert record["overrides"]["n_layers"] == 1
+
+    assert runner.main(["--suite", "tiny"]) == 0  # finished: skipped
+    assert len((results / "tiny.jsonl").read_text().splitlines()) == 1
+    assert "1 already in" in capsys.readouterr().out
+
+    # A run whose child finished after its runner died left record.json behind: the next runner adopts it.
+    (results / "tiny.jsonl").unlink()
+    assert runner.main(["--suite", "tiny"]) == 0
+    adopted = json.loads((results / "tiny.jsonl").read_text())
+    assert adopted["finished_at"] == record["finished_at"]
+
+
+def test_resume_overrides_pick_the_newest_checkpoint_of_the_right_stage(tmp_path):
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    assert runner.resume_overrides("PRORec", tmp_path) == {}
+    (saved / "PRORecTokenizer-Nov-01.pth").write_bytes(b"")
+    assert runner.resume_overrides("PRORec", tmp_path) == {"tokenizer_config_resume": str(saved / "PRORecTokenizer-Nov-01.pth")}
+    assert runner.resume_overrides("SASRec", tmp_path) == {}
+    (saved / "PRORec-Nov-02.pth").write_bytes(b"")
+    assert runner.resume_overrides("PRORec", tmp_path) == {"resume_checkpoint": str(saved / "PRORec-Nov-02.pth")}
+
+
+def _record(label, seed, ndcg, recall=0.1, dataset="d"):
+    test = {"recall@10": recall, "ndcg@10": ndcg}
+    return {"label": label, "dataset": dataset, "seed": seed, "test_result": test, "best_valid_epoch": 3,
+            "epochs_run": 8, "max_epochs": 10, "train_seconds_per_epoch": 60.0, "test_eval_seconds": 5.0,
+            "peak_rss_mb": 900.0, "config_hash": "abc", "git_commit": "0123456789"}
+
+
+def test_report_means_over_seeds_bolds_the_best_and_shows_the_improvement(tmp_path):
+    results, suites = tmp_path / "results", tmp_path / "suites"
+    results.mkdir()
+    suites.mkdir()
+    records = [_record("Base", 0, 0.02), _record("Base", 1, 0.04), _record("New", 0, 0.045)]
+    (results / "main.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    (suites / "main.yaml").write_text(yaml.safe_dump({"description": "demo", "proposed": "New", "baselines": ["Base"]}))
+    text = report.build_report(results, suites, tmp_path / "plots")
+    base_line = next(line for line in text.splitlines() if line.startswith("| Base |"))
+    new_line = next(line for line in text.splitlines() if line.startswith("| New |"))
+    assert "0.0300 ± 0.0141" in base_line and "| 2 |" in base_line
+    assert "**0.0450**" in new_line
+    assert "N@10 +50.0%" in text
+    assert (tmp_path / "plots" / "main-d.png").stat().st_size > 0
+
+
+def test_random_item_codes_are_unique_with_a_padding_row():
+    codes = speed.random_item_codes(500, levels=2, codebook_size=4, generator=torch.Generator().manual_seed(0))
+    assert codes.shape == (501, 3) and (codes[0] == -1).all()
+    assert len({tuple(row) for row in codes[1:].tolist()}) == 500
+
+
+def test_scale_measurement_times_both_rankings(tmp_path):
+    overrides = {"d_model": 16, "attention_heads": 2, "encoder_layers": 1, "decoder_layers": 1, "d_ff": 32,
+                 "rqvae_codebook_size": 8, "history_tokens": "per_item"}
+    (record,) = speed.measure_scale([300], users=8, batch_size=4, config=overrides)
+    assert record["n_items"] == 300 and record["beam_seconds"] > 0 and record["full_sort_seconds"] > 0
+    lines = speed.report_lines("speed", {}, [record], tmp_path)
+    assert any(line.startswith("| 300 | 8 |") for line in lines)
