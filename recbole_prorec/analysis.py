@@ -20,7 +20,6 @@ import argparse
 import io
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from recbole_prorec.model.tokenizer import CODE_SOURCES
 from recbole_prorec.quantization import quantize
 from recbole_prorec.semantic import read_item_fields
 from recbole_prorec.tokenize import load_tokenizer
+from recbole_prorec.utils import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -143,12 +143,7 @@ def plot_table(rows, path, k=10):
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, buffer.getvalue())
 
 
 def analyze(model, dataset, code_sources=CODE_SOURCES, k=10,
@@ -176,10 +171,7 @@ def analyze(model, dataset, code_sources=CODE_SOURCES, k=10,
     print(format_table(rows, k))
     if output_dir is not None:
         output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        tmp = output_dir / f".domination.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"k": k, "rows": rows}, indent=1))
-        os.replace(tmp, output_dir / "domination.json")
+        write_atomically(output_dir / "domination.json", json.dumps({"k": k, "rows": rows}, indent=1))
         logger.info("wrote %s", plot_table(rows, output_dir / "domination.png", k))
     return rows
 

@@ -12,9 +12,9 @@ of every text, so any changed text or model gives a new cache entry and a stale 
 
 import csv
 import hashlib
+import io
 import json
 import logging
-import os
 import re
 import time
 from pathlib import Path
@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from recbole_prorec.data.text import clean_text
-from recbole_prorec.utils import cache_dir
+from recbole_prorec.utils import cache_dir, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -158,18 +158,13 @@ def encode_texts(texts, model_name: str, batch_size: int, cache_root, device="cp
     seconds = time.perf_counter() - start
     logger.info("encoded %d item texts with %s in %.1f s", len(texts), model_name, seconds)
     cache_root.mkdir(parents=True, exist_ok=True)
-    _atomic_write(array_path, lambda f: np.save(f, embeddings, allow_pickle=False), "wb")
+    array_bytes = io.BytesIO()
+    np.save(array_bytes, embeddings, allow_pickle=False)
+    write_atomically(array_path, array_bytes.getvalue())
     meta = {"model": model_name, "n_texts": len(texts), "dim": int(embeddings.shape[1]),
             "encode_seconds": round(seconds, 3)}
-    _atomic_write(meta_path, lambda f: json.dump(meta, f, indent=1), "w")
+    write_atomically(meta_path, json.dumps(meta, indent=1))
     return embeddings
-
-
-def _atomic_write(path: Path, write, mode: str):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, mode) as f:
-        write(f)
-    os.replace(tmp, path)
 
 
 def semantic_embeddings(dataset, config) -> torch.Tensor:

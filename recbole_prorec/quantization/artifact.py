@@ -2,17 +2,18 @@
 
 Stored as ``<path>.npz`` (``codes``, ``embeddings``; loaded with ``allow_pickle=False``) and ``<path>.json``
 (``item_tokens``, ``config``, ``stats`` and a digest of the arrays, so a half-finished save is detected).
-Each file is written to a temporary file and moved into place with ``os.replace``.
+Each file is written to a temporary file and moved into place (``utils.write_atomically``).
 """
 import dataclasses
 import hashlib
+import io
 import json
-import os
 import pathlib
-import tempfile
 import zipfile
 
 import numpy as np
+
+from recbole_prorec.utils import write_atomically
 
 ARRAYS = ("codes", "embeddings")
 JSON_KEYS = ("item_tokens", "config", "stats", "arrays_sha256")
@@ -23,21 +24,6 @@ def _prefix(path):
     """``x``, ``x.npz`` and ``x.json`` all name the artifact ``x``."""
     path = pathlib.Path(path)
     return path.with_suffix("") if path.suffix in (".npz", ".json") else path
-
-
-def _atomic_write(target, write):
-    """Run ``write(binary_file)`` on a temporary file beside ``target``, then move it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _json_default(value):
@@ -122,9 +108,10 @@ class ItemCodeArtifact:
             "arrays_sha256": _digest(self.codes, self.embeddings),
         }
         text = json.dumps(meta, default=_json_default, indent=1).encode()  # serialise first: fail before writing
-        _atomic_write(prefix.with_name(prefix.name + ".npz"),
-                      lambda f: np.savez(f, codes=self.codes, embeddings=self.embeddings))
-        _atomic_write(prefix.with_name(prefix.name + ".json"), lambda f: f.write(text))
+        arrays = io.BytesIO()
+        np.savez(arrays, codes=self.codes, embeddings=self.embeddings)
+        write_atomically(prefix.with_name(prefix.name + ".npz"), arrays.getvalue())
+        write_atomically(prefix.with_name(prefix.name + ".json"), text)
         return prefix
 
     @classmethod
