@@ -62,16 +62,17 @@ def tiger(fast_run_config):
     return prepared(TIGER, fast_run_config)
 
 
-def first_batch(data):
-    return next(iter(data))
+def beam_scores(model, data):
+    """The first evaluation batch's interaction and its `full_sort_predict` scores, in eval mode."""
+    interaction = next(iter(data))[0]
+    model.eval()
+    with torch.no_grad():
+        return interaction, model.full_sort_predict(interaction)
 
 
 def test_full_sort_predict_scores_the_beam_and_nothing_else(tiger):
     config, model, (_, valid_data, _) = tiger
-    interaction = first_batch(valid_data)[0]
-    model.eval()
-    with torch.no_grad():
-        scores = model.full_sort_predict(interaction)
+    interaction, scores = beam_scores(model, valid_data)
     assert scores.shape == (len(interaction), model.n_items)
     finite = torch.isfinite(scores)
     assert (finite.sum(1) == config["beam_size"]).all()
@@ -80,12 +81,9 @@ def test_full_sort_predict_scores_the_beam_and_nothing_else(tiger):
 
 def test_predict_gives_the_beam_scores_of_the_generated_items(tiger):
     _, model, (_, valid_data, _) = tiger
-    interaction = first_batch(valid_data)[0]
-    model.eval()
+    interaction, scores = beam_scores(model, valid_data)
+    interaction.update(type(interaction)({model.ITEM_ID: scores.argmax(1)}))
     with torch.no_grad():
-        scores = model.full_sort_predict(interaction)
-        best = scores.argmax(1)
-        interaction.update(type(interaction)({model.ITEM_ID: best}))
         predicted = model.predict(interaction)
     torch.testing.assert_close(predicted, scores.max(1).values, atol=0.05, rtol=0.01)  # bf16 autocast
 
@@ -133,7 +131,7 @@ def test_prorec_kd_weights_add_their_terms_and_zero_removes_them(fast_run_config
         assert (model.item_projection is None) == (item_weight == 0)
         assert (model.history_projection is None) == (history_weight == 0)
         with torch.no_grad():
-            losses[item_weight, history_weight] = model.calculate_loss(first_batch(train_data)).item()
+            losses[item_weight, history_weight] = model.calculate_loss(next(iter(train_data))).item()
     assert losses[1.0, 0.0] > losses[0.0, 0.0] + 0.5  # an untrained InfoNCE term is about log(batch)
     assert losses[0.0, 1.0] > losses[0.0, 0.0] + 0.5
 
