@@ -147,6 +147,27 @@ def plot_metrics(rows, title, path):
     plt.close(fig)
 
 
+def code_table(rows):
+    """Markdown lines: the item-code statistics of every row whose record carries its artifact's stats."""
+    lines = []
+    for row in rows:
+        record = row["runs"][0]
+        stats = (record.get("artifact") or {}).get("stats") or ((record.get("stage_one") or {}).get("artifact") or {}).get("stats")
+        if not stats:
+            continue
+        utilization = ", ".join(f"{u:.2f}" for u in stats["utilization"])
+        perplexity = ", ".join(f"{p:.0f}" for p in stats["perplexity"])
+        lines.append(f"| {row['label']} | {stats['method']} | {stats['levels']} x {stats['codebook_size']} | "
+                     f"{stats['collision_rate_before']:.4f} → {stats['collision_rate_after']:.4f} | "
+                     f"{stats['max_collision_index']} | {utilization} | {perplexity} | "
+                     f"{stats.get('reconstruction_error', float('nan')):.4f} |")
+    if not lines:
+        return []
+    header = ["| codes of | quantizer | levels x codes | collision rate before → after | max collision index | "
+              "utilization per level | perplexity per level | reconstruction MSE |", "|---|---|---|---|---|---|---|---|"]
+    return ["Item codes (first seed's artifact):", ""] + header + lines + [""]
+
+
 def training_section(suite_name, suite, records, references, plots_dir):
     lines = [f"## {suite_name}", "", suite.get("description", "")]
     for dataset in sorted({r["dataset"] for r in records}):
@@ -164,6 +185,7 @@ def training_section(suite_name, suite, records, references, plots_dir):
         plot = plots_dir / f"{suite_name}-{dataset}.png"
         plot_metrics(rows, f"{suite_name}: {dataset}", plot)
         lines += [f"![{suite_name} {dataset}](plots/{plot.name})", ""]
+        lines += code_table(rows)
         lines += ["<details><summary>runs</summary>", "", "| model | seed | commit | config hash | finished |",
                   "|---|---|---|---|---|"]
         for row in rows:

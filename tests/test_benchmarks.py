@@ -103,6 +103,10 @@ def test_report_means_over_seeds_bolds_the_best_and_shows_the_improvement(tmp_pa
     results.mkdir()
     suites.mkdir()
     records = [_record("Base", 0, 0.02), _record("Base", 1, 0.04), _record("New", 0, 0.045)]
+    records[2]["artifact"] = {"stats": {"method": "rkmeans", "levels": 3, "codebook_size": 256,
+                                        "collision_rate_before": 0.05, "collision_rate_after": 0.0,
+                                        "max_collision_index": 2, "utilization": [1.0, 0.5, 0.25],
+                                        "perplexity": [200.0, 100.0, 50.0], "reconstruction_error": 0.01}}
     (results / "main.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     (suites / "main.yaml").write_text(yaml.safe_dump({"description": "demo", "proposed": "New", "baselines": ["Base"]}))
     text = report.build_report(results, suites, tmp_path / "plots")
@@ -111,6 +115,7 @@ def test_report_means_over_seeds_bolds_the_best_and_shows_the_improvement(tmp_pa
     assert "0.0300 ± 0.0141" in base_line and "| 2 |" in base_line
     assert "**0.0450**" in new_line
     assert "N@10 +50.0%" in text
+    assert "| New | rkmeans | 3 x 256 | 0.0500 → 0.0000 | 2 | 1.00, 0.50, 0.25 | 200, 100, 50 | 0.0100 |" in text
     assert (tmp_path / "plots" / "main-d.png").stat().st_size > 0
 
 

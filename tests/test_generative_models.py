@@ -183,6 +183,13 @@ def test_prorec_run_trains_the_tokenizer_first_then_reuses_its_artifact(fast_run
     first = run("PRORec", "tiny", config_dict=overrides)
     assert first["stage_one"]["model"] == "PRORecTokenizer" and first["stage_one"]["artifact"]["path"]
     assert set(first["test_result"]) == set(first["stage_one"]["test_result"])
+    assert first["artifact"]["stats"]["collision_rate_after"] == 0.0  # stage 2 reports the codes it generated over
     second = run("PRORec", "tiny", config_dict=overrides)
     assert "stage_one" not in second  # the cached artifact was found: no second tokenizer training
     assert second["test_result"] == first["test_result"]
+
+    # A standalone tokenizer run with the same stage-1 settings writes the artifact PRORec looks for.
+    tokenizer_only = {k: v for k, v in overrides.items() if k != "tokenizer_config"}
+    tokenizer_only.update(overrides["tokenizer_config"])
+    standalone = run("PRORecTokenizer", "tiny", config_dict=tokenizer_only)
+    assert standalone["artifact"]["path"] == first["stage_one"]["artifact"]["path"]

@@ -115,6 +115,10 @@ class TIGER(SequentialRecommender):
         path = config["tokenizer_artifact"] or build_semantic_artifact(dataset, config)
         return ItemCodeArtifact.load(path, dataset)
 
+    def on_training_end(self, dataset):
+        """The code statistics of the artifact this model generated over, reported with the run's results."""
+        return {"stats": {k: v for k, v in self.artifact.stats.items() if k != "loss_history"}}
+
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             module.weight.data.normal_(mean=0.0, std=self.initializer_range)
