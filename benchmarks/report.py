@@ -203,6 +203,26 @@ def speed_section(suite_name, suite, records, plots_dir):
     return speed.report_lines(suite_name, suite, records, plots_dir)
 
 
+def domination_section(path, results_dir):
+    """Markdown for one `python -m recbole_prorec.analysis` output folder under results/domination/<name>/."""
+    with open(path, encoding="utf-8") as f:
+        table = json.load(f)
+    k = table["k"]
+    name = path.parent.name
+    lines = [f"### {name}", "", f"Overlap of each item's top-{k} neighbours in the embedding that is quantized with its "
+             f"top-{k} in the pure collaborative and pure semantic spaces; purity and NMI of first-level codes vs "
+             "the items' first category.", "",
+             f"| code source | overlap with collaborative @{k} | overlap with semantic @{k} | purity | NMI |",
+             "|---|---|---|---|---|"]
+    for row in table["rows"]:
+        lines.append(f"| {row['code_source']} | {row['overlap_collab']:.3f} | {row['overlap_semantic']:.3f} | "
+                     f"{row['purity']:.3f} | {row['nmi']:.3f} |")
+    plot = path.with_name("domination.png")
+    if plot.is_file():
+        lines += ["", f"![domination {name}]({plot.relative_to(results_dir.parent).as_posix()})"]
+    return lines + [""]
+
+
 def build_report(results_dir=BENCHMARKS / "results", suites_dir=BENCHMARKS / "suites", plots_dir=BENCHMARKS / "plots"):
     records = read_records(results_dir)
     references = load_yaml(BENCHMARKS / "reference.yaml")
@@ -217,6 +237,11 @@ def build_report(results_dir=BENCHMARKS / "results", suites_dir=BENCHMARKS / "su
             lines += speed_section(suite_name, suite, suite_records, plots_dir)
         else:
             lines += training_section(suite_name, suite, suite_records, references, plots_dir)
+    dominations = sorted(pathlib.Path(results_dir).glob("domination/*/domination.json"))
+    if dominations:
+        lines += ["## Semantic-domination diagnostic (`python -m recbole_prorec.analysis`)", ""]
+        for path in dominations:
+            lines += domination_section(path, pathlib.Path(results_dir))
     return "\n".join(lines).rstrip() + "\n"
 
 

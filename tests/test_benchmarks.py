@@ -119,6 +119,15 @@ def test_report_means_over_seeds_bolds_the_best_and_shows_the_improvement(tmp_pa
     assert (tmp_path / "plots" / "main-d.png").stat().st_size > 0
 
 
+def test_report_includes_domination_tables(tmp_path):
+    folder = tmp_path / "results" / "domination" / "beauty-tokenizer"
+    folder.mkdir(parents=True)
+    rows = [{"code_source": "concat", "overlap_collab": 0.25, "overlap_semantic": 0.5, "purity": 0.8, "nmi": 0.6}]
+    (folder / "domination.json").write_text(json.dumps({"k": 10, "rows": rows}))
+    text = report.build_report(tmp_path / "results", tmp_path / "suites", tmp_path / "plots")
+    assert "### beauty-tokenizer" in text and "| concat | 0.250 | 0.500 | 0.800 | 0.600 |" in text
+
+
 def test_random_item_codes_are_unique_with_a_padding_row():
     codes = speed.random_item_codes(500, levels=2, codebook_size=4, generator=torch.Generator().manual_seed(0))
     assert codes.shape == (501, 3) and (codes[0] == -1).all()
