@@ -13,12 +13,15 @@ Two measurements, each model of one measurement timed in the same process right 
   level): seconds to rank `users` random histories by beam search vs by SASRec's `full_sort_predict` + top-K.
   This is how the two ranking costs grow with the item count: full-sort is linear in it, beam search is not.
 
+Each record keeps the machine's 1-minute load average when it was taken: timings taken beside other jobs
+(load above the thread count) are slower in absolute terms; the ratios of one run are comparable.
 Peak RSS is the process's peak after each model (cumulative within one measurement); the main suites record
 each model's own peak in its own process.
 """
 
 import argparse
 import json
+import os
 import pathlib
 import resource
 import sys
@@ -104,6 +107,7 @@ def measure_dataset(dataset, models, train_batches=50, config=None):
             "test_users": test_data.sample_size, "test_eval_seconds": eval_seconds,
             "train_batches_timed": train_batches, "train_seconds_per_epoch": train_seconds,
             "peak_rss_mb": peak_rss_mb(), "untrained_test_ndcg@10": result.get("ndcg@10"),
+            "load_average": os.getloadavg()[0],
         })
         print(f"{dataset} {name}: test evaluation {eval_seconds:.1f} s over {records[-1]['test_users']} users, "
               f"{train_seconds:.0f} s per training epoch, peak RSS {records[-1]['peak_rss_mb']:.0f} MB", flush=True)
@@ -183,7 +187,7 @@ def measure_scale(item_counts, users=1024, batch_size=256, config=None, seed=0):
             "kind": "scale", "key": f"scale-{n_items}", "n_items": n_items, "users": users,
             "beam_seconds": beam_seconds, "full_sort_seconds": full_sort_seconds,
             "beam_ms_per_user": 1000 * beam_seconds / users, "full_sort_ms_per_user": 1000 * full_sort_seconds / users,
-            "peak_rss_mb_after_beam": beam_rss, "peak_rss_mb": peak_rss_mb(),
+            "peak_rss_mb_after_beam": beam_rss, "peak_rss_mb": peak_rss_mb(), "load_average": os.getloadavg()[0],
         })
         print(f"{n_items:>9,} items: beam search {records[-1]['beam_ms_per_user']:.2f} ms/user, SASRec full-sort "
               f"{records[-1]['full_sort_ms_per_user']:.2f} ms/user (ratio {beam_seconds / full_sort_seconds:.1f})",
@@ -234,27 +238,31 @@ def report_lines(suite_name, suite, records, plots_dir):
             by_dataset.setdefault(record["dataset"], {})[record["model"]] = record  # the latest run wins
     if by_dataset:
         lines += ["| dataset | model | test users | test evaluation s | x SASRec | s / train epoch | x SASRec | "
-                  "peak RSS MB (cumulative) |", "|---|---|---|---|---|---|---|---|"]
+                  "peak RSS MB (cumulative) | load |", "|---|---|---|---|---|---|---|---|---|"]
         for dataset, models in by_dataset.items():
             base = models.get("SASRec")
             for name, r in models.items():
                 eval_ratio = f"{r['test_eval_seconds'] / base['test_eval_seconds']:.1f}" if base else "–"
                 train_ratio = f"{r['train_seconds_per_epoch'] / base['train_seconds_per_epoch']:.1f}" if base else "–"
                 lines.append(f"| {dataset} | {name} | {r['test_users']} | {r['test_eval_seconds']:.1f} | {eval_ratio} | "
-                             f"{r['train_seconds_per_epoch']:.0f} | {train_ratio} | {r['peak_rss_mb']:.0f} |")
+                             f"{r['train_seconds_per_epoch']:.0f} | {train_ratio} | {r['peak_rss_mb']:.0f} | {_load(r)} |")
         lines.append("")
     scale = sorted({r["n_items"]: r for r in records if r["kind"] == "scale"}.values(), key=lambda r: r["n_items"])
     if scale:
-        lines += ["| items | users | beam search ms/user | SASRec full-sort ms/user | beam / full-sort | peak RSS MB |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| items | users | beam search ms/user | SASRec full-sort ms/user | beam / full-sort | peak RSS MB | load |",
+                  "|---|---|---|---|---|---|---|"]
         for r in scale:
             lines.append(f"| {r['n_items']:,} | {r['users']} | {r['beam_ms_per_user']:.2f} | "
                          f"{r['full_sort_ms_per_user']:.2f} | {r['beam_seconds'] / r['full_sort_seconds']:.2f} | "
-                         f"{r['peak_rss_mb']:.0f} |")
+                         f"{r['peak_rss_mb']:.0f} | {_load(r)} |")
         plot = plots_dir / f"{suite_name}-scaling.png"
         plot_scaling(scale, plot)
         lines += ["", f"![evaluation time vs item count](plots/{plot.name})", ""]
     return lines
+
+
+def _load(record):
+    return f"{record['load_average']:.1f}" if "load_average" in record else "–"
 
 
 def plot_scaling(records, path):
