@@ -1,6 +1,7 @@
 """``quantize``: one front door from item embeddings to unique item code tuples plus their statistics."""
 import dataclasses
 import logging
+import time
 
 import numpy as np
 import torch
@@ -48,6 +49,7 @@ def quantize(embeddings, method="rkmeans", levels=3, codebook_size=256, seed=0, 
         raise ValueError(f"need levels >= 1 and codebook_size >= 2, got levels={levels}, codebook_size={codebook_size}")
     if rqvae_kwargs and method != "rqvae":
         raise ValueError(f"rqvae_kwargs given for method {method!r}; they apply to method='rqvae' only")
+    start = time.perf_counter()
     x = _as_float_tensor(embeddings)
     if method == "rkmeans":
         codes, codebooks = residual_kmeans(x, levels, codebook_size, seed=seed, balanced=balanced)
@@ -74,10 +76,11 @@ def quantize(embeddings, method="rkmeans", levels=3, codebook_size=256, seed=0, 
         "max_collision_index": int(item_codes[:, -1].max()),
         **code_usage(prefix, used_size),
         **errors,
+        "seconds": time.perf_counter() - start,
     }
     logger.info(
-        "%s codes: collision rate %.4f -> %.4f, max collision index %d, utilization %s, reconstruction MSE %.5f",
-        method, stats["collision_rate_before"], stats["collision_rate_after"], stats["max_collision_index"],
-        [round(u, 3) for u in stats["utilization"]], stats["reconstruction_error"],
+        "%s codes in %.1f s: collision rate %.4f -> %.4f, max collision index %d, utilization %s, reconstruction MSE %.5f",
+        method, stats["seconds"], stats["collision_rate_before"], stats["collision_rate_after"],
+        stats["max_collision_index"], [round(u, 3) for u in stats["utilization"]], stats["reconstruction_error"],
     )
     return QuantizationResult(item_codes, stats)
