@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -146,6 +147,25 @@ def child_main(spec_file, record_file):
     os.replace(tmp, record_file)
 
 
+_EPOCH_LINE = re.compile(r"(epoch \d+) evaluating \[time: ([\d.]+)s, valid_score: ([\d.]+)\]")
+
+
+def follow_progress(child, log_path, offset, poll_seconds=5.0):
+    """Wait for `child`, echoing each validation RecBole logs (`epoch N: valid score`) as it appears."""
+    while True:
+        returncode = child.poll()
+        with open(log_path, encoding="utf-8", errors="replace") as log:
+            log.seek(offset)
+            text = log.read()
+        complete = text[: text.rfind("\n") + 1]
+        offset += len(complete.encode("utf-8", errors="replace"))
+        for match in _EPOCH_LINE.finditer(complete):
+            print(f"    {match.group(1)}: valid score {match.group(3)} ({match.group(2)} s to validate)", flush=True)
+        if returncode is not None:
+            return returncode
+        time.sleep(poll_seconds)
+
+
 def run_one(suite_name, spec, device, results_file):
     """Run one planned run in a child process; append its record to the suite's JSONL and return it (None on failure).
 
@@ -162,13 +182,16 @@ def run_one(suite_name, spec, device, results_file):
     spec_file.write_text(json.dumps(full_spec, indent=1), encoding="utf-8")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    with open(run_dir / "run.log", "a", encoding="utf-8") as log:
-        completed = subprocess.run(
+    log_path = run_dir / "run.log"
+    with open(log_path, "a", encoding="utf-8") as log:
+        start_offset = log.tell()
+        child = subprocess.Popen(
             [sys.executable, str(pathlib.Path(__file__).resolve()), "--child", str(spec_file), str(record_file)],
             cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
-    if completed.returncode != 0 or not record_file.is_file():
-        print(f"  FAILED (exit {completed.returncode}); see {run_dir / 'run.log'}", flush=True)
+        returncode = follow_progress(child, log_path, start_offset)
+    if returncode != 0 or not record_file.is_file():
+        print(f"  FAILED (exit {returncode}); see {log_path}", flush=True)
         return None
     return _append(record_file, spec, results_file)
 

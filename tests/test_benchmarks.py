@@ -24,7 +24,7 @@ def bench_dirs(tmp_path, monkeypatch, fast_run_config):
     for name, value in {"SUITES": suites, "RESULTS": results, "WORK": work}.items():
         monkeypatch.setattr(runner, name, value)
     monkeypatch.setattr(runner, "SHARED_SETTINGS", {"data_path": fast_run_config["data_path"], "show_progress": False})
-    suite = {"datasets": ["tiny"], "seeds": [1], "config": {**fast_run_config, "epochs": 1},
+    suite = {"datasets": ["tiny"], "seeds": [1], "config": {**fast_run_config, "epochs": 1, "state": "INFO"},
              "runs": [{"model": "SASRec", "config": {"n_layers": 1}}]}
     (suites / "tiny.yaml").write_text(yaml.safe_dump(suite))
     return suites, results, work
@@ -68,6 +68,8 @@ def test_runner_records_a_run_then_skips_it_and_adopts_orphaned_records(bench_di
     assert record["model"] == "SASRec" and record["seed"] == 1 and record["epochs_run"] == 1
     assert set(record["test_result"]) >= {"recall@10", "ndcg@10"} and record["git_commit"] is not None
     assert record["overrides"]["n_layers"] == 1
+
+    assert "epoch 0: valid score" in capsys.readouterr().out  # progress echoed from the child's log
 
     assert runner.main(["--suite", "tiny"]) == 0  # finished: skipped
     assert len((results / "tiny.jsonl").read_text().splitlines()) == 1
