@@ -69,7 +69,7 @@ def format_value(mean, std, bold=False):
 
 
 def group_rows(records):
-    """Our table rows for one dataset: per label, metric means/stds over seeds plus run facts, in suite order."""
+    """Our table rows for one dataset: per label, metric means/stds over seeds plus run facts, in record order."""
     by_label = collections.OrderedDict()
     for record in records:
         by_label.setdefault(record["label"], []).append(record)
@@ -172,6 +172,8 @@ def training_section(suite_name, suite, records, references, plots_dir):
     lines = [f"## {suite_name}", "", suite.get("description", "")]
     for dataset in sorted({r["dataset"] for r in records}):
         rows = group_rows([r for r in records if r["dataset"] == dataset])
+        order = [entry.get("label", entry["model"]) for entry in suite.get("runs", [])]
+        rows.sort(key=lambda row: order.index(row["label"]) if row["label"] in order else len(order))
         published = [ref for ref in references.get(dataset, []) if not suite.get("no_published")]
         lines += ["", f"### {dataset}", "", metric_table(rows, published), ""]
         proposed = suite.get("proposed")
