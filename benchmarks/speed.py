@@ -85,6 +85,7 @@ def measure_dataset(dataset, models, train_batches=50, config=None):
     from recbole.utils import init_seed
 
     from recbole_prorec.quick_start import build_config, ensure_dataset_files
+    from recbole_prorec.utils import get_model
 
     records = []
     for name in models:
@@ -94,8 +95,6 @@ def measure_dataset(dataset, models, train_batches=50, config=None):
             torch.set_num_threads(int(model_config["torch_threads"]))
         init_seed(model_config["seed"], model_config["reproducibility"])
         train_data, _, test_data = data_preparation(model_config, create_dataset(model_config))
-        from recbole_prorec.utils import get_model
-
         model = get_model(name)(model_config, train_data.dataset).to(model_config["device"])
         train_seconds = time_training(model, train_data, train_batches, model_config["learning_rate"])
         trainer = Trainer(model_config, model)
