@@ -196,8 +196,19 @@ def run_one(suite_name, spec, device, results_file):
     return _append(record_file, spec, results_file)
 
 
+def repo_relative(value):
+    """`value` with every string path under the checkout made relative to it (records are committed)."""
+    if isinstance(value, dict):
+        return {key: repo_relative(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [repo_relative(item) for item in value]
+    if isinstance(value, str) and value.startswith(f"{REPO}{os.sep}"):
+        return os.path.relpath(value, REPO)
+    return value
+
+
 def _append(record_file, spec, results_file):
-    record = json.loads(record_file.read_text(encoding="utf-8"))
+    record = repo_relative(json.loads(record_file.read_text(encoding="utf-8")))
     record["overrides"] = spec["overrides"]  # the suite's settings, not the machine's paths
     with open(results_file, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, default=str) + "\n")

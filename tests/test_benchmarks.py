@@ -82,6 +82,13 @@ def test_runner_records_a_run_then_skips_it_and_adopts_orphaned_records(bench_di
     assert adopted["finished_at"] == record["finished_at"]
 
 
+def test_records_keep_paths_relative_to_the_checkout():
+    inside = str(runner.REPO / "benchmarks" / "work" / "cache" / "a")
+    record = {"artifact": {"path": inside}, "runs": [inside, "/elsewhere/b"], "n": 1}
+    assert runner.repo_relative(record) == {
+        "artifact": {"path": "benchmarks/work/cache/a"}, "runs": ["benchmarks/work/cache/a", "/elsewhere/b"], "n": 1}
+
+
 def test_resume_overrides_pick_the_newest_checkpoint_of_the_right_stage(tmp_path):
     saved = tmp_path / "saved"
     saved.mkdir()
