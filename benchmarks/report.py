@@ -68,14 +68,29 @@ def format_value(mean, std, bold=False):
     return f"**{text}**" if bold else text
 
 
+def stage_one_label(record):
+    return f"{record['label']}: stage 1 ({record['stage_one']['model']})"
+
+
+def with_stage_one(records):
+    """`records` plus, for each two-stage run that trained its stage 1, that stage's result as a row of its own."""
+    expanded = []
+    for record in records:
+        expanded.append(record)
+        if record.get("stage_one"):
+            expanded.append({**record["stage_one"], "label": stage_one_label(record),
+                             "git_commit": record.get("git_commit"), "finished_at": record.get("finished_at")})
+    return expanded
+
+
 def group_rows(records):
     """Our table rows for one dataset: per label, metric means/stds over seeds plus run facts, in record order."""
     by_label = collections.OrderedDict()
-    for record in records:
+    for record in with_stage_one(records):
         by_label.setdefault(record["label"], []).append(record)
     rows = []
     for label, runs in by_label.items():
-        row = {"label": label, "seeds": sorted(r["seed"] for r in runs), "runs": runs}
+        row = {"label": label, "model": runs[0].get("model", label), "seeds": sorted(r["seed"] for r in runs), "runs": runs}
         for metric in METRICS:
             row[metric] = mean_std([r["test_result"][metric] for r in runs if metric in r["test_result"]])
         row["epochs"] = " / ".join(
@@ -104,20 +119,33 @@ def improvement(rows, proposed, baselines):
     return change
 
 
-def metric_table(rows, published):
-    """Markdown: one line per model (ours first, best bold), then the published reference rows."""
+def change_against(row, rows, compare_to, metric="ndcg@10"):
+    """"+x.x%": `row`'s `metric` against the row that `compare_to` names for its model ("" when none applies)."""
+    reference = next((r for r in rows if r["label"] == compare_to.get(row["model"])), None)
+    if reference is None or reference is row or not reference[metric][0] or row[metric][0] is None:
+        return ""
+    return f"{100.0 * (row[metric][0] - reference[metric][0]) / reference[metric][0]:+.1f}%"
+
+
+def metric_table(rows, published, compare_to=None):
+    """Markdown: one line per model (ours first, best bold), then the published reference rows.
+
+    `compare_to` ({model: row label}, an ablation suite's full model per model class) adds a column with each
+    row's N@10 change against that row.
+    """
     best = {m: max((row[m][0] for row in rows if row[m][0] is not None), default=None) for m in METRICS}
     header = ["model", "seeds"] + [short_name(m) for m in METRICS] + [
-        "best/run epochs", "s / train epoch", "test eval s", "peak RSS MB"]
+        "best/run epochs", "s / train epoch", "test eval s", "peak RSS MB"] + (["N@10 vs full"] if compare_to else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["label"], str(len(row["seeds"]))]
         cells += [format_value(*row[m], bold=row[m][0] is not None and row[m][0] == best[m]) for m in METRICS]
         cells += [row["epochs"], f"{row['train_s']:.0f}", f"{row['eval_s']:.0f}", f"{row['rss']:.0f}"]
+        cells += [change_against(row, rows, compare_to)] if compare_to else []
         lines.append("| " + " | ".join(cells) + " |")
     for ref in published:
         cells = [f"{ref['model']} (published: {ref['source']})", "–"]
-        cells += [f"{ref[m]:.4f}" if m in ref else "–" for m in METRICS] + ["–"] * 4
+        cells += [f"{ref[m]:.4f}" if m in ref else "–" for m in METRICS] + ["–"] * (len(header) - 2 - len(METRICS))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -168,14 +196,22 @@ def code_table(rows):
     return ["Item codes (first seed's artifact):", ""] + header + lines + [""]
 
 
+def suite_position(suite, row):
+    """Rows in the suite's run order; a stage-1 row of a two-stage run comes before every stage-2 row."""
+    order = [entry.get("label", entry["model"]) for entry in suite.get("runs", [])]
+    if row["label"] in order:
+        return order.index(row["label"])
+    stage_one_parents = [label for label in order if row["label"].startswith(f"{label}: stage 1 (")]
+    return -1 if stage_one_parents else len(order)
+
+
 def training_section(suite_name, suite, records, references, plots_dir):
     lines = [f"## {suite_name}", "", suite.get("description", "")]
     for dataset in sorted({r["dataset"] for r in records}):
         rows = group_rows([r for r in records if r["dataset"] == dataset])
-        order = [entry.get("label", entry["model"]) for entry in suite.get("runs", [])]
-        rows.sort(key=lambda row: order.index(row["label"]) if row["label"] in order else len(order))
+        rows.sort(key=lambda row: suite_position(suite, row))
         published = [ref for ref in references.get(dataset, []) if not suite.get("no_published")]
-        lines += ["", f"### {dataset}", "", metric_table(rows, published), ""]
+        lines += ["", f"### {dataset}", "", metric_table(rows, published, suite.get("compare_to")), ""]
         proposed = suite.get("proposed")
         if proposed:
             change = improvement(rows, proposed, suite.get("baselines", []))

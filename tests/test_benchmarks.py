@@ -128,6 +128,27 @@ def test_report_means_over_seeds_bolds_the_best_and_shows_the_improvement(tmp_pa
     assert (tmp_path / "plots" / "main-d.png").stat().st_size > 0
 
 
+def test_ablation_report_shows_stage_one_rows_and_changes_against_the_full_model(tmp_path):
+    results, suites = tmp_path / "results", tmp_path / "suites"
+    results.mkdir()
+    suites.mkdir()
+    full = {**_record("Full", 0, 0.04), "model": "PRORec",
+            "stage_one": {**_record("ignored", 0, 0.05), "model": "PRORecTokenizer"}}
+    records = [{**_record("Tok variant", 0, 0.045), "model": "PRORecTokenizer"}, full,
+               {**_record("No KD", 0, 0.03), "model": "PRORec"}]
+    (results / "ablation.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    suite = {"no_published": True, "compare_to": {"PRORecTokenizer": "Full: stage 1 (PRORecTokenizer)", "PRORec": "Full"},
+             "runs": [{"model": "PRORecTokenizer", "label": "Tok variant"}, {"model": "PRORec", "label": "Full"},
+                      {"model": "PRORec", "label": "No KD"}]}
+    (suites / "ablation.yaml").write_text(yaml.safe_dump(suite))
+    table = [line for line in report.build_report(results, suites, tmp_path / "plots").splitlines()
+             if line.startswith("| ") and "N@10" not in line and "---" not in line][:4]
+    assert [line.split(" | ")[0] for line in table] == [
+        "| Full: stage 1 (PRORecTokenizer)", "| Tok variant", "| Full", "| No KD"]
+    assert table[0].endswith("|  |") and table[2].endswith("|  |")  # a reference row is not compared with itself
+    assert table[1].endswith("| -10.0% |") and table[3].endswith("| -25.0% |")
+
+
 def test_report_includes_domination_tables(tmp_path):
     folder = tmp_path / "results" / "domination" / "beauty-tokenizer"
     folder.mkdir(parents=True)
