@@ -175,6 +175,30 @@ def plot_metrics(rows, title, path):
     plt.close(fig)
 
 
+def plot_valid_curves(rows, title, path):
+    """Validation metric per epoch of each row's first seed; False when no record carries a curve."""
+    curves = [(row["label"], row["runs"][0]["valid_curve"]) for row in rows if row["runs"][0].get("valid_curve")]
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, curve in curves:
+        ax.plot([epoch for epoch, _ in curve], [score for _, score in curve], marker=".", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation score (valid_metric)")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def code_table(rows):
     """Markdown lines: the item-code statistics of every row whose record carries its artifact's stats."""
     lines = []
@@ -223,6 +247,9 @@ def training_section(suite_name, suite, records, references, plots_dir):
         plot = plots_dir / f"{suite_name}-{dataset}.png"
         plot_metrics(rows, f"{suite_name}: {dataset}", plot)
         lines += [f"![{suite_name} {dataset}](plots/{plot.name})", ""]
+        curves = plots_dir / f"{suite_name}-{dataset}-valid.png"
+        if plot_valid_curves(rows, f"{suite_name}: {dataset}, validation per epoch", curves):
+            lines += [f"![{suite_name} {dataset} validation curves](plots/{curves.name})", ""]
         lines += code_table(rows)
         lines += ["<details><summary>runs</summary>", "", "| model | seed | commit | config hash | finished |",
                   "|---|---|---|---|---|"]

@@ -125,7 +125,8 @@ def stage_one_artifact(model_class, config, dataset, config_file_list, config_di
 def run(model, dataset, config_file_list=None, config_dict=None, saved=True, callback_fn=None):
     """Train `model` on `dataset` with early stopping on the validation metric, then test the best weights.
 
-    Returns a dict with the best validation and the test results, epochs run, the best epoch, seconds per
+    Returns a dict with the best validation and the test results, the validation score of every epoch this
+    process trained ("valid_curve": [[epoch, score], ...]), epochs run, the best epoch, seconds per
     training epoch, seconds of the test evaluation, peak RSS and the config hash; for a two-stage model also
     the stage-1 result under "stage_one".
     """
@@ -190,6 +191,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
         "max_epochs": config["epochs"],
         "stopping_step": config["stopping_step"],
         "best_valid_epoch": best_epoch,
+        "valid_curve": [[epoch, score] for epoch, score in valid_scores],
         "train_seconds_per_epoch": sum(clock.train_seconds) / max(len(clock.train_seconds), 1),
         "valid_seconds_per_epoch": sum(clock.valid_seconds) / max(len(clock.valid_seconds), 1),
         "test_eval_seconds": test_seconds,

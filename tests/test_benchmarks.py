@@ -132,7 +132,7 @@ def test_ablation_report_shows_stage_one_rows_and_changes_against_the_full_model
     results, suites = tmp_path / "results", tmp_path / "suites"
     results.mkdir()
     suites.mkdir()
-    full = {**_record("Full", 0, 0.04), "model": "PRORec",
+    full = {**_record("Full", 0, 0.04), "model": "PRORec", "valid_curve": [[0, 0.01], [1, 0.03]],
             "stage_one": {**_record("ignored", 0, 0.05), "model": "PRORecTokenizer"}}
     records = [{**_record("Tok variant", 0, 0.045), "model": "PRORecTokenizer"}, full,
                {**_record("No KD", 0, 0.03), "model": "PRORec"}]
@@ -147,6 +147,7 @@ def test_ablation_report_shows_stage_one_rows_and_changes_against_the_full_model
         "| Full: stage 1 (PRORecTokenizer)", "| Tok variant", "| Full", "| No KD"]
     assert table[0].endswith("|  |") and table[2].endswith("|  |")  # a reference row is not compared with itself
     assert table[1].endswith("| -10.0% |") and table[3].endswith("| -25.0% |")
+    assert (tmp_path / "plots" / "ablation-d-valid.png").stat().st_size > 0
 
 
 def test_report_includes_domination_tables(tmp_path):
