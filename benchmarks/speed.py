@@ -78,38 +78,66 @@ def time_training(model, train_data, batches, learning_rate):
     return (time.perf_counter() - start) / timed * len(train_data)
 
 
-def measure_dataset(dataset, models, train_batches=50, config=None):
-    """One record per model: test evaluation seconds over all test users, seconds per epoch, peak RSS."""
+def random_code_artifact(item_tokens, config, path, seed=0):
+    """An artifact of random unique codes in TIGER's shape for these items; returns its path prefix.
+
+    For timing a dataset without item text (Sports): cost depends on the code shape and the item count, not on
+    what the codes mean. Its embeddings (PRORec's distillation targets) are random too.
+    """
+    from recbole_prorec.quantization import ItemCodeArtifact
+
+    generator = torch.Generator().manual_seed(seed)
+    codes = random_item_codes(len(item_tokens) - 1, config["rqvae_levels"], config["rqvae_codebook_size"], generator)
+    embeddings = np.random.default_rng(seed).standard_normal((len(item_tokens), config["d_model"])).astype(np.float32)
+    embeddings[0] = 0
+    return ItemCodeArtifact(codes.numpy(), list(item_tokens), embeddings, {"method": "random (timing only)"}).save(path)
+
+
+def measure_dataset(dataset, models, train_batches=50, config=None, random_codes=False):
+    """One record per model: test evaluation seconds over all test users, seconds per epoch, peak RSS.
+
+    With `random_codes`, the encoder-decoders (TIGER and its subclasses) generate over random item codes
+    (`random_code_artifact`) instead of building their own: for datasets without item text.
+    """
+    import tempfile
+
     from recbole.data import create_dataset, data_preparation
     from recbole.trainer import Trainer
     from recbole.utils import init_seed
 
+    from recbole_prorec.model.tiger import TIGER
     from recbole_prorec.quick_start import build_config, ensure_dataset_files
     from recbole_prorec.utils import get_model
 
     records = []
-    for name in models:
-        model_config = build_config(name, dataset, config_dict=config)
-        ensure_dataset_files(model_config)
-        if model_config["torch_threads"]:
-            torch.set_num_threads(int(model_config["torch_threads"]))
-        init_seed(model_config["seed"], model_config["reproducibility"])
-        train_data, _, test_data = data_preparation(model_config, create_dataset(model_config))
-        model = get_model(name)(model_config, train_data.dataset).to(model_config["device"])
-        train_seconds = time_training(model, train_data, train_batches, model_config["learning_rate"])
-        trainer = Trainer(model_config, model)
-        start = time.perf_counter()
-        result = trainer.evaluate(test_data, load_best_model=False, show_progress=model_config["show_progress"])
-        eval_seconds = time.perf_counter() - start
-        records.append({
-            "kind": "dataset", "key": f"dataset-{dataset}-{name}", "dataset": dataset, "model": name,
-            "test_users": test_data.sample_size, "test_eval_seconds": eval_seconds,
-            "train_batches_timed": train_batches, "train_seconds_per_epoch": train_seconds,
-            "peak_rss_mb": peak_rss_mb(), "untrained_test_ndcg@10": result.get("ndcg@10"),
-            "load_average": os.getloadavg()[0],
-        })
-        print(f"{dataset} {name}: test evaluation {eval_seconds:.1f} s over {records[-1]['test_users']} users, "
-              f"{train_seconds:.0f} s per training epoch, peak RSS {records[-1]['peak_rss_mb']:.0f} MB", flush=True)
+    with tempfile.TemporaryDirectory(prefix="speed-codes-") as scratch:
+        for name in models:
+            model_class = get_model(name)
+            model_config = build_config(name, dataset, config_dict=config)
+            ensure_dataset_files(model_config)
+            if model_config["torch_threads"]:
+                torch.set_num_threads(int(model_config["torch_threads"]))
+            init_seed(model_config["seed"], model_config["reproducibility"])
+            data = create_dataset(model_config)
+            if random_codes and issubclass(model_class, TIGER):
+                model_config["tokenizer_artifact"] = str(random_code_artifact(
+                    data.field2id_token[data.iid_field], model_config, pathlib.Path(scratch) / name))
+            train_data, _, test_data = data_preparation(model_config, data)
+            model = model_class(model_config, train_data.dataset).to(model_config["device"])
+            train_seconds = time_training(model, train_data, train_batches, model_config["learning_rate"])
+            trainer = Trainer(model_config, model)
+            start = time.perf_counter()
+            result = trainer.evaluate(test_data, load_best_model=False, show_progress=model_config["show_progress"])
+            eval_seconds = time.perf_counter() - start
+            records.append({
+                "kind": "dataset", "key": f"dataset-{dataset}-{name}", "dataset": dataset, "model": name,
+                "test_users": test_data.sample_size, "test_eval_seconds": eval_seconds,
+                "train_batches_timed": train_batches, "train_seconds_per_epoch": train_seconds,
+                "peak_rss_mb": peak_rss_mb(), "untrained_test_ndcg@10": result.get("ndcg@10"),
+                "load_average": os.getloadavg()[0], "random_codes": bool(random_codes and issubclass(model_class, TIGER)),
+            })
+            print(f"{dataset} {name}: test evaluation {eval_seconds:.1f} s over {records[-1]['test_users']} users, "
+                  f"{train_seconds:.0f} s per training epoch, peak RSS {records[-1]['peak_rss_mb']:.0f} MB", flush=True)
     return records
 
 
@@ -218,7 +246,7 @@ def run_suite(suite_name, suite, results_file, device="cpu"):
             continue
         print(f"timing {', '.join(options['models'])} on {dataset}", flush=True)
         append(measure_dataset(dataset, options["models"], options.get("train_batches", 50),
-                               {**settings, **options.get("config", {})}))
+                               {**settings, **options.get("config", {})}, options.get("random_codes", False)))
     scale = suite.get("scale")
     if scale:
         for n_items in scale["item_counts"]:
@@ -241,6 +269,7 @@ def report_lines(suite_name, suite, records, plots_dir):
         for dataset, models in by_dataset.items():
             base = models.get("SASRec")
             for name, r in models.items():
+                name += " (random codes)" if r.get("random_codes") else ""
                 eval_ratio = f"{r['test_eval_seconds'] / base['test_eval_seconds']:.1f}" if base else "–"
                 train_ratio = f"{r['train_seconds_per_epoch'] / base['train_seconds_per_epoch']:.1f}" if base else "–"
                 lines.append(f"| {dataset} | {name} | {r['test_users']} | {r['test_eval_seconds']:.1f} | {eval_ratio} | "

@@ -172,3 +172,13 @@ def test_scale_measurement_times_both_rankings(tmp_path):
     assert record["n_items"] == 300 and record["beam_seconds"] > 0 and record["full_sort_seconds"] > 0
     lines = speed.report_lines("speed", {}, [record], tmp_path)
     assert any(line.startswith("| 300 | 8 |") for line in lines)
+
+
+def test_dataset_measurement_times_tiger_over_random_codes(fast_run_config):
+    config = {**fast_run_config, "train_batch_size": 8, "d_model": 16, "attention_heads": 2, "encoder_layers": 1,
+              "decoder_layers": 1, "d_ff": 32, "rqvae_codebook_size": 8, "history_tokens": "per_item"}
+    sasrec, tiger = speed.measure_dataset("tiny", ["SASRec", "TIGER"], train_batches=2, config=config, random_codes=True)
+    assert not sasrec["random_codes"] and tiger["random_codes"]
+    assert tiger["test_users"] == sasrec["test_users"] == 40 and tiger["test_eval_seconds"] > 0
+    lines = speed.report_lines("speed", {}, [sasrec, tiger], pathlib.Path("unused"))
+    assert any(line.startswith("| tiny | TIGER (random codes) | 40 |") for line in lines)
