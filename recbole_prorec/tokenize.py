@@ -34,6 +34,8 @@ def main(argv=None):
     overrides = {}
     if args.code_source:
         overrides["code_source"] = args.code_source
+        # The checkpoint's own artifact_path holds its code source's codes: key the new ones by their settings.
+        overrides["artifact_path"] = None
     if args.output:
         overrides["artifact_path"] = args.output
     model, dataset = load_tokenizer(args.checkpoint, overrides)

@@ -9,7 +9,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.trainer import Trainer
 from recbole.utils import init_seed
 
-from recbole_prorec import semantic
+from recbole_prorec import semantic, tokenize
 from recbole_prorec.model.prorec import PRORec, in_batch_info_nce
 from recbole_prorec.model.tiger import TIGER, build_semantic_artifact
 from recbole_prorec.quantization import ItemCodeArtifact, quantize
@@ -193,3 +193,13 @@ def test_prorec_run_trains_the_tokenizer_first_then_reuses_its_artifact(fast_run
     tokenizer_only.update(overrides["tokenizer_config"])
     standalone = run("PRORecTokenizer", "tiny", config_dict=tokenizer_only)
     assert standalone["artifact"]["path"] == first["stage_one"]["artifact"]["path"]
+
+    # Another code source of the same stage 1, rebuilt from its checkpoint, is what that variant's PRORec reads;
+    # the checkpoint's own artifact stays as it was.
+    integrated = ItemCodeArtifact.load(first["stage_one"]["artifact"]["path"])
+    rebuilt = tokenize.main(["--checkpoint", first["stage_one"]["saved_model_file"], "--code_source", "concat"])
+    assert rebuilt["path"] != first["stage_one"]["artifact"]["path"]
+    assert np.array_equal(ItemCodeArtifact.load(first["stage_one"]["artifact"]["path"]).codes, integrated.codes)
+    concat = run("PRORec", "tiny", config_dict={
+        **overrides, "tokenizer_config": {**overrides["tokenizer_config"], "code_source": "concat"}})
+    assert "stage_one" not in concat and concat["artifact"]["stats"] == rebuilt["stats"]
