@@ -203,3 +203,6 @@ def test_prorec_run_trains_the_tokenizer_first_then_reuses_its_artifact(fast_run
     concat = run("PRORec", "tiny", config_dict={
         **overrides, "tokenizer_config": {**overrides["tokenizer_config"], "code_source": "concat"}})
     assert "stage_one" not in concat and concat["artifact"]["stats"] == rebuilt["stats"]
+    kmeans_on_concat = tokenize.main(["--checkpoint", first["stage_one"]["saved_model_file"], "--code_source",
+                                      "concat", "--quantizer", "rkmeans"])  # the checkpoint's quantizer: same key
+    assert kmeans_on_concat["path"] == rebuilt["path"]
