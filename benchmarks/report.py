@@ -68,18 +68,16 @@ def format_value(mean, std, bold=False):
     return f"**{text}**" if bold else text
 
 
-def stage_one_label(record):
-    return f"{record['label']}: stage 1 ({record['stage_one']['model']})"
-
-
 def with_stage_one(records):
     """`records` plus, for each two-stage run that trained its stage 1, that stage's result as a row of its own."""
     expanded = []
     for record in records:
         expanded.append(record)
-        if record.get("stage_one"):
-            expanded.append({**record["stage_one"], "label": stage_one_label(record),
-                             "git_commit": record.get("git_commit"), "finished_at": record.get("finished_at")})
+        stage_one = record.get("stage_one")
+        if stage_one:
+            expanded.append({**stage_one, "label": f"{record['label']}: stage 1 ({stage_one['model']})",
+                             "stage_one_of": record["label"], "git_commit": record.get("git_commit"),
+                             "finished_at": record.get("finished_at")})
     return expanded
 
 
@@ -90,7 +88,8 @@ def group_rows(records):
         by_label.setdefault(record["label"], []).append(record)
     rows = []
     for label, runs in by_label.items():
-        row = {"label": label, "model": runs[0].get("model", label), "seeds": sorted(r["seed"] for r in runs), "runs": runs}
+        row = {"label": label, "model": runs[0].get("model", label), "seeds": sorted(r["seed"] for r in runs),
+               "runs": runs}
         for metric in METRICS:
             row[metric] = mean_std([r["test_result"][metric] for r in runs if metric in r["test_result"]])
         row["epochs"] = " / ".join(
@@ -150,15 +149,29 @@ def metric_table(rows, published, compare_to=None):
     return "\n".join(lines)
 
 
-def plot_metrics(rows, title, path):
-    """Grouped bars: R@10, N@10, R@20, N@20 per model (error bars = std over seeds)."""
+def new_figure(figsize):
+    """`(fig, ax)` on matplotlib's file-only backend (no display on the benchmark machines)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt.subplots(figsize=figsize)
+
+
+def save_figure(fig, path):
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_metrics(rows, title, path):
+    """Grouped bars: R@10, N@10, R@20, N@20 per model (error bars = std over seeds)."""
     shown = ["recall@10", "ndcg@10", "recall@20", "ndcg@20"]
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4))
+    fig, ax = new_figure((max(6, 1.2 * len(rows) + 2), 4))
     width = 0.8 / len(shown)
     for index, metric in enumerate(shown):
         means = [row[metric][0] or 0 for row in rows]
@@ -169,10 +182,7 @@ def plot_metrics(rows, title, path):
     ax.set_ylabel("test metric")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_valid_curves(rows, title, path):
@@ -180,22 +190,14 @@ def plot_valid_curves(rows, title, path):
     curves = [(row["label"], row["runs"][0]["valid_curve"]) for row in rows if row["runs"][0].get("valid_curve")]
     if not curves:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = new_figure((7, 4))
     for label, curve in curves:
         ax.plot([epoch for epoch, _ in curve], [score for _, score in curve], marker=".", label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation score (valid_metric)")
     ax.set_title(title)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -225,8 +227,7 @@ def suite_position(suite, row):
     order = [entry.get("label", entry["model"]) for entry in suite.get("runs", [])]
     if row["label"] in order:
         return order.index(row["label"])
-    stage_one_parents = [label for label in order if row["label"].startswith(f"{label}: stage 1 (")]
-    return -1 if stage_one_parents else len(order)
+    return -1 if row["runs"][0].get("stage_one_of") in order else len(order)
 
 
 def training_section(suite_name, suite, records, references, plots_dir):

@@ -119,7 +119,8 @@ def measure_dataset(dataset, models, train_batches=50, config=None, random_codes
                 torch.set_num_threads(int(model_config["torch_threads"]))
             init_seed(model_config["seed"], model_config["reproducibility"])
             data = create_dataset(model_config)
-            if random_codes and issubclass(model_class, TIGER):
+            over_random_codes = random_codes and issubclass(model_class, TIGER)
+            if over_random_codes:
                 model_config["tokenizer_artifact"] = str(random_code_artifact(
                     data.field2id_token[data.iid_field], model_config, pathlib.Path(scratch) / name))
             train_data, _, test_data = data_preparation(model_config, data)
@@ -134,7 +135,7 @@ def measure_dataset(dataset, models, train_batches=50, config=None, random_codes
                 "test_users": test_data.sample_size, "test_eval_seconds": eval_seconds,
                 "train_batches_timed": train_batches, "train_seconds_per_epoch": train_seconds,
                 "peak_rss_mb": peak_rss_mb(), "untrained_test_ndcg@10": result.get("ndcg@10"),
-                "load_average": os.getloadavg()[0], "random_codes": bool(random_codes and issubclass(model_class, TIGER)),
+                "load_average": os.getloadavg()[0], "random_codes": over_random_codes,
             })
             print(f"{dataset} {name}: test evaluation {eval_seconds:.1f} s over {records[-1]['test_users']} users, "
                   f"{train_seconds:.0f} s per training epoch, peak RSS {records[-1]['peak_rss_mb']:.0f} MB", flush=True)

@@ -5,8 +5,9 @@
 
 Useful to write the code sources (integrated / collaborative / semantic / concat) and quantizers of an
 ablation from one trained stage-1 model: neither option changes stage-1 training, only what is quantized and
-how. Without ``--output`` the artifact goes where a PRORec run with those stage-1 settings looks for it. The checkpoint's config is reused, so run from the folder the training ran in
-(``data_path`` and ``cache_dir`` are usually relative).
+how. Without ``--output`` the artifact goes where a PRORec run with those stage-1 settings looks for it.
+The checkpoint's config is reused, so run from the folder the training ran in (``data_path`` and
+``cache_dir`` are usually relative).
 """
 
 import argparse
