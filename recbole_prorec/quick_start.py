@@ -95,6 +95,27 @@ class _EpochClock:
         return timed
 
 
+def create_model_dataset(model_class, config):
+    """The model's own dataset class when it declares one (`dataset_class`), else RecBole's `create_dataset`."""
+    dataset_class = getattr(model_class, "dataset_class", None)
+    return dataset_class(config) if dataset_class else create_dataset(config)
+
+
+def sample_validation_users(config, valid_data, num_users):
+    """A full-sort validation loader over a fixed random sample of `num_users` validation samples (one per user).
+
+    The sample depends only on `seed`, so every epoch (and every model with the same seed) validates on the same
+    users; early stopping then costs a fraction of a full validation. Test always uses every user.
+    """
+    dataset = valid_data._dataset
+    if num_users >= len(dataset):
+        return valid_data
+    generator = torch.Generator().manual_seed(int(config["seed"]))
+    rows = torch.randperm(len(dataset), generator=generator)[:num_users].sort().values
+    logging.getLogger().info(f"validating on {num_users} of {len(dataset)} users (valid_sample_users)")
+    return type(valid_data)(config, dataset.copy(dataset.inter_feat[rows]), valid_data._sampler, shuffle=False)
+
+
 def stage_one_artifact(model_class, config, dataset, config_file_list, config_dict):
     """Path of the stage-1 artifact a stage-2 model reads, training stage 1 first when none is cached.
 
@@ -149,9 +170,11 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
     run_logger = logging.getLogger()
     run_logger.info(config)
 
-    data = create_dataset(config)
+    data = create_model_dataset(model_class, config)
     run_logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
+    if config["valid_sample_users"]:
+        valid_data = sample_validation_users(config, valid_data, config["valid_sample_users"])
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     recommender = model_class(config, train_data.dataset).to(config["device"])

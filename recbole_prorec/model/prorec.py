@@ -33,24 +33,32 @@ def in_batch_info_nce(queries, keys, temperature):
 class PRORec(TIGER):
     r"""Generative recommender over stage-1 codes, with the paper's intra-modality knowledge distillation.
 
-    With `e_i` the artifact's integrated embedding of item i, `y_b` the target item of sequence b,
-    `h_{b,l}` the decoder state that predicts level l of `y_b` (teacher-forced), `m_{b,s}` the encoder output
-    at the `S_b` non-padding positions s (history tokens, and the user token when there is one), `H_b` the
-    history items, `P_item`, `P_hist` linear maps from d_model to the embedding width, `tau` = `kd_temperature`:
+    With `e_i` the artifact's integrated embedding of item i, and for each predicted item n (every position of
+    every window in the `item_causal` layout, one per sample in `seq2seq`): `y_n` the target item, `s_n` a state
+    that predicts `y_n` without having seen any of its codes (the position's state; in `seq2seq` the decoder
+    state after BOS alone), `m_n` a summary of the history (the position's state; in `seq2seq` the mean encoder
+    output), `H_n` the history items it has seen, `P_item`, `P_hist` linear maps from the model width to the
+    embedding width, `tau` = `kd_temperature`:
 
         L = L_CE + kd_item_weight * L_item + kd_history_weight * L_hist
-        L_CE   = -1/(B L) sum_b sum_l log p(c_l(y_b) | c_<l(y_b), history_b)
-        L_item = NCE(q_b = P_item(1/L sum_l h_{b,l}),    k_b = e_{y_b})
-        L_hist = NCE(q_b = P_hist(1/S_b sum_s m_{b,s}),  k_b = 1/|H_b| sum_{i in H_b} e_i)
-        NCE(q, k) = -1/B sum_b log( exp(cos(q_b, k_b)/tau) / sum_{j: j = b or k_j != k_b} exp(cos(q_b, k_j)/tau) )
+        L_CE   = -1/(N L) sum_n sum_l log p(c_l(y_n) | c_<l(y_n), history_n)
+        L_item = NCE(q_n = P_item(s_n),  k_n = e_{y_n})
+        L_hist = NCE(q_n = P_hist(m_n),  k_n = 1/|H_n| sum_{i in H_n} e_i)
+        NCE(q, k) = -1/N sum_n log( exp(cos(q_n, k_n)/tau) / sum_{j: j = n or k_j != k_n} exp(cos(q_n, k_j)/tau) )
 
-    L_item asks the states that generate the next item's codes to also predict its continuous embedding: a
-    graded target (similar items are close) where the code cross-entropy only knows right or wrong codes.
-    L_hist asks the encoder, which only reads codes, to keep what the history's continuous embeddings say.
-    InfoNCE rather than MSE/cosine: it needs the targets only up to scale and rewards telling in-batch items
-    apart, as stage 1's alignment does; unlike stage 1's symmetric InfoNCE it is one-directional (the targets
+    L_item asks the state that generates the next item's codes to also predict its continuous embedding: a
+    graded target (similar items are close) where the code cross-entropy only knows right or wrong codes. The
+    state must not have read the target's codes, or the loss could be met by copying them instead of
+    predicting from the history. L_hist asks the history summary, built from codes, to keep what the
+    history's continuous embeddings say. InfoNCE rather than MSE/cosine: it needs the targets only up to scale
+    and rewards telling in-batch items apart, as stage 1's alignment does; it is one-directional (the targets
     are fixed) and skips duplicate targets as negatives (popular items recur within a batch). A weight of 0
     removes its term and its projection (ablation).
+
+    Stage 1 beyond its codes (`item_causal` layout; the artifact carries the tokenizer's SASRec encoder):
+    `warm_start` initialises the sequence encoder, item-ID embeddings included, from it; `stage_one_fusion`
+    = w > 0 ranks by `(1 - w) * log p(codes) + w * log_softmax(stage-1 scores)` with a frozen copy of the
+    stage-1 model, a score fusion that benchmarks must label as such, not as PRORec alone.
     """
 
     stage_one_model = "PRORecTokenizer"
@@ -60,14 +68,31 @@ class PRORec(TIGER):
         self.kd_item_weight = config["kd_item_weight"]
         self.kd_history_weight = config["kd_history_weight"]
         self.kd_temperature = config["kd_temperature"]
+        self.stage_one_fusion = config["stage_one_fusion"] or 0.0
         embeddings = torch.from_numpy(self.artifact.embeddings)  # [item_num, d_e], row 0 = pad (zeros)
         self.register_buffer("integrated_embeddings", embeddings, persistent=False)
-        d_model, d_embedding = config["d_model"], embeddings.shape[1]
-        self.item_projection = nn.Linear(d_model, d_embedding) if self.kd_item_weight > 0 else None
-        self.history_projection = nn.Linear(d_model, d_embedding) if self.kd_history_weight > 0 else None
+        d_embedding = embeddings.shape[1]
+        self.item_projection = nn.Linear(self.state_size, d_embedding) if self.kd_item_weight > 0 else None
+        self.history_projection = nn.Linear(self.state_size, d_embedding) if self.kd_history_weight > 0 else None
         for projection in (self.item_projection, self.history_projection):
             if projection is not None:
                 projection.apply(self._init_weights)
+        stage_one_options = {"warm_start": config["warm_start"], "stage_one_fusion": self.stage_one_fusion}
+        used = [key for key, value in stage_one_options.items() if value]
+        if used and self.layout != "item_causal":
+            raise ValueError(f"{', '.join(used)} need layout 'item_causal' (the stage-1 encoder's shape), got {self.layout!r}")
+        source = f"tokenizer_artifact {config['tokenizer_artifact']}"
+        if config["warm_start"]:
+            if self.sequence_encoder.item_embedding is None:
+                raise ValueError("warm_start copies stage 1's item-ID embeddings too: set item_id_input: True")
+            self.sequence_encoder.load_stage_one(self.artifact.encoder, source)
+        self.stage_one_encoder = None
+        if self.stage_one_fusion > 0:
+            if not 0 < self.stage_one_fusion < 1:
+                raise ValueError(f"stage_one_fusion must be in [0, 1), got {self.stage_one_fusion}")
+            self.stage_one_encoder = self.build_sequence_encoder(config, item_embedding=True)
+            self.stage_one_encoder.load_stage_one(self.artifact.encoder, source)
+            self.stage_one_encoder.requires_grad_(False)
 
     def load_artifact(self, config, dataset):
         if not config["tokenizer_artifact"]:
@@ -79,18 +104,28 @@ class PRORec(TIGER):
         return super().load_artifact(config, dataset)
 
     def calculate_loss(self, interaction):
-        target_items = interaction[self.POS_ITEM_ID]
         with self.autocast():
-            output = self.forward(interaction, target_items)
-            loss = self.code_loss(output, target_items)
+            step = self.generation_step(interaction)
+            loss = -step.code_log_probs.mean()
             if self.item_projection is not None:
-                query = self.item_projection(output.decoder_hidden.mean(1))  # [B, d_e]
-                key = self.integrated_embeddings[target_items]
-                loss = loss + self.kd_item_weight * in_batch_info_nce(query, key, self.kd_temperature)
+                key = self.integrated_embeddings[step.target_items]
+                loss = loss + self.kd_item_weight * in_batch_info_nce(
+                    self.item_projection(step.target_state), key, self.kd_temperature
+                )
             if self.history_projection is not None:
-                history = interaction[self.ITEM_SEQ]  # [B, T], 0 = padding (zero embedding)
+                history = step.history_items  # [N, T], 0 = not seen (zero embedding)
                 key = self.integrated_embeddings[history].sum(1) / (history > 0).sum(1, keepdim=True)
                 loss = loss + self.kd_history_weight * in_batch_info_nce(
-                    self.history_projection(output.memory_mean), key, self.kd_temperature
+                    self.history_projection(step.history_state), key, self.kd_temperature
                 )
         return loss
+
+    def full_sort_predict(self, interaction):
+        scores = super().full_sort_predict(interaction)  # [B, n_items]
+        if self.stage_one_encoder is None:
+            return scores
+        self.stage_one_encoder.eval()
+        states = self.stage_one_encoder(interaction[self.ITEM_SEQ])  # [B, T, d]
+        state = self.gather_indexes(states, interaction[self.ITEM_SEQ_LEN] - 1)  # [B, d]
+        stage_one = (state @ self.stage_one_encoder.item_embedding.weight.T).log_softmax(-1)  # [B, n_items]
+        return (1 - self.stage_one_fusion) * scores.float() + self.stage_one_fusion * stage_one

@@ -12,19 +12,25 @@ full-ranking metrics apply unchanged.
 
 import hashlib
 import logging
+from typing import NamedTuple
 
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_prorec.model.beam_search import CodeIndex
+from recbole_prorec.data.windows import WindowedSequentialDataset
+from recbole_prorec.model.beam_search import CodeIndex, constrained_beam_search
+from recbole_prorec.model.item_causal import CodeHead, SequenceEncoder, next_items, visible_history
 from recbole_prorec.model.seq2seq import CodeSeq2Seq
 from recbole_prorec.quantization import ItemCodeArtifact, quantize
 from recbole_prorec.semantic import semantic_embeddings
+from recbole_prorec.trainer import ScheduledTrainer
 from recbole_prorec.utils import cache_dir, settings_digest
 
 logger = logging.getLogger(__name__)
+
+LAYOUTS = ("item_causal", "seq2seq")
 
 
 def semantic_artifact_settings(dataset, config):
@@ -70,18 +76,40 @@ def build_semantic_artifact(dataset, config):
     return str(path)
 
 
-class TIGER(SequentialRecommender):
-    """Encoder-decoder over item codes, trained with per-level token cross-entropy, ranked by beam search.
+class GenerationStep(NamedTuple):
+    """What one training batch of a generative model computes, one row per predicted item (N rows)."""
 
-    `full_sort_predict` scores the `beam_size` generated items by their beam log-probabilities and every
-    other item -inf; `predict` scores given items by the teacher-forced log-probability of their code tuple
-    (the same quantity, so both rankings agree on the items beam search finds).
+    code_log_probs: torch.Tensor  # [N, L] log-probability of each code of the target item (teacher-forced)
+    target_items: torch.Tensor  # [N] the predicted items
+    target_state: torch.Tensor  # [N, d] a state that predicts the target and has not seen any of its codes
+    history_state: torch.Tensor  # [N, d] a summary of the history it was predicted from
+    history_items: torch.Tensor  # [N, T] the items of that history (0 = not part of it)
+
+
+class TIGER(SequentialRecommender):
+    """Generative recommender over item codes, trained with per-level code cross-entropy.
+
+    Two layouts (`layout`):
+    - `item_causal` (default): a causal transformer over one token per history item with a loss at every
+      position (`model/item_causal.py`), trained on non-overlapping windows (`train_windows`); a parallel code
+      head ranks every item exactly by `sum_l log p_l(c_l)`, an autoregressive one by constrained beam search.
+    - `seq2seq`: TIGER's paper layout, an encoder-decoder (`CodeSeq2Seq`) trained on every prefix and ranked by
+      constrained beam search (`properties/layout/seq2seq.yaml`).
+
+    `full_sort_predict` returns `[B, n_items]`: exact scores, or beam log-probabilities for the `beam_size`
+    generated items and -inf elsewhere, so RecBole's metrics apply unchanged. `predict` scores given items by the
+    teacher-forced log-probability of their code tuple (the same quantity).
     """
 
     input_type = InputType.POINTWISE
+    dataset_class = WindowedSequentialDataset
+    trainer_class = ScheduledTrainer
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
+        self.layout = config["layout"]
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         self.beam_size = config["beam_size"]
         largest_topk = max(config["topk"]) if config["topk"] else 0
         if self.beam_size < largest_topk:
@@ -96,19 +124,37 @@ class TIGER(SequentialRecommender):
         item_codes = torch.from_numpy(self.artifact.codes)  # [item_num, L], row 0 all -1
         self.code_index = CodeIndex(item_codes)
         self.register_buffer("item_codes", item_codes, persistent=False)
-        self.seq2seq = CodeSeq2Seq(
-            self.code_index.codebook_sizes,
-            self.max_seq_length,
-            d_model=config["d_model"],
-            n_heads=config["attention_heads"],
-            encoder_layers=config["encoder_layers"],
-            decoder_layers=config["decoder_layers"],
-            d_ff=config["d_ff"],
-            dropout=config["dropout"],
-            history_tokens=config["history_tokens"],
-            num_user_buckets=config["n_user_buckets"],
-        )
+        if self.layout == "seq2seq":
+            self.seq2seq = CodeSeq2Seq(
+                self.code_index.codebook_sizes,
+                self.max_seq_length,
+                d_model=config["d_model"],
+                n_heads=config["attention_heads"],
+                encoder_layers=config["encoder_layers"],
+                decoder_layers=config["decoder_layers"],
+                d_ff=config["d_ff"],
+                dropout=config["dropout"],
+                history_tokens=config["history_tokens"],
+                num_user_buckets=config["n_user_buckets"],
+            )
+            self.state_size = config["d_model"]
+        else:
+            sizes = self.code_index.codebook_sizes
+            self.code_embedding = nn.Embedding(1 + sum(sizes), config["hidden_size"], padding_idx=0)
+            code_starts = 1 + torch.tensor([0] + sizes[:-1]).cumsum(0)
+            self.register_buffer("code_starts", code_starts, persistent=False)  # [L], token 0 = padding
+            self.sequence_encoder = self.build_sequence_encoder(config, item_embedding=config["item_id_input"])
+            self.code_head = CodeHead(sizes, config["hidden_size"], config["code_head"])
+            self.state_size = config["hidden_size"]
         self.apply(self._init_weights)
+
+    def build_sequence_encoder(self, config, item_embedding):
+        """A `SequenceEncoder` of the configured size (SASRec's option names, as in PRORecTokenizer.yaml)."""
+        return SequenceEncoder(
+            self.n_items, self.max_seq_length, config["hidden_size"], config["n_layers"], config["n_heads"],
+            config["inner_size"], config["hidden_dropout_prob"], config["attn_dropout_prob"], config["hidden_act"],
+            config["layer_norm_eps"], item_embedding=item_embedding,
+        )
 
     def load_artifact(self, config, dataset):
         """The item-code artifact at `tokenizer_artifact`; when unset, TIGER's RQ-VAE semantic IDs (cached)."""
@@ -124,6 +170,9 @@ class TIGER(SequentialRecommender):
             module.weight.data.normal_(mean=0.0, std=self.initializer_range)
         if isinstance(module, nn.Linear) and module.bias is not None:
             module.bias.data.zero_()
+        if isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
 
     def autocast(self):
         """bfloat16 autocast when `bf16` is set (AVX-512 BF16 CPUs: training ~1.6x, beam search ~1.4x faster)."""
@@ -133,30 +182,66 @@ class TIGER(SequentialRecommender):
         """Codes of the interaction's history items."""
         return self.item_codes[interaction[self.ITEM_SEQ]]  # [B, T, L], padding items all -1
 
-    def forward(self, interaction, target_items):
-        """Teacher-forced `Seq2SeqOutput` for the interaction's histories and `target_items [B]`."""
-        return self.seq2seq(self.history_codes(interaction), self.item_codes[target_items], interaction[self.USER_ID])
+    def sequence_states(self, item_seq):
+        """Item-causal layout: `item_seq [B, T]` -> the state of every position `[B, T, d]`."""
+        codes = self.item_codes[item_seq]  # [B, T, L]
+        tokens = (codes + self.code_starts).masked_fill(codes < 0, 0)
+        return self.sequence_encoder(item_seq, self.code_embedding(tokens).sum(2))
+
+    def last_states(self, interaction):
+        """Item-causal layout: the state after each history's last item `[B, d]`."""
+        states = self.sequence_states(interaction[self.ITEM_SEQ])  # [B, T, d]
+        return self.gather_indexes(states, interaction[self.ITEM_SEQ_LEN] - 1)
+
+    def generation_step(self, interaction):
+        """The batch's teacher-forced `GenerationStep` (every position of every window, or one per sample)."""
+        item_seq, target_items = interaction[self.ITEM_SEQ], interaction[self.POS_ITEM_ID]
+        if self.layout == "seq2seq":
+            output = self.seq2seq(self.history_codes(interaction), self.item_codes[target_items], interaction[self.USER_ID])
+            log_probs = self.seq2seq.code_log_probs(output.logits, self.item_codes[target_items])
+            # decoder position 0 has read only BOS: it predicts the target without having seen its codes
+            return GenerationStep(log_probs, target_items, output.decoder_hidden[:, 0], output.memory_mean, item_seq)
+        states = self.sequence_states(item_seq)  # [B, T, d]
+        targets = next_items(item_seq, interaction[self.ITEM_SEQ_LEN], target_items)  # [B, T]
+        predicted = targets > 0
+        state = states[predicted]  # [N, d]
+        target_items = targets[predicted]  # [N]
+        log_probs = self.code_head.code_log_probs(state, self.item_codes[target_items])
+        return GenerationStep(log_probs, target_items, state, state, visible_history(item_seq)[predicted])
 
     def calculate_loss(self, interaction):
-        target_items = interaction[self.POS_ITEM_ID]
         with self.autocast():
-            output = self.forward(interaction, target_items)
-        return self.code_loss(output, target_items)
-
-    def code_loss(self, output, target_items):
-        """Token cross-entropy, averaged over the batch and the L levels."""
-        return -self.seq2seq.code_log_probs(output.logits, self.item_codes[target_items]).mean()
+            step = self.generation_step(interaction)
+        return -step.code_log_probs.mean()
 
     def predict(self, interaction):
         target_items = interaction[self.ITEM_ID]
+        codes = self.item_codes[target_items]
         with self.autocast():
-            output = self.forward(interaction, target_items)
-        return self.seq2seq.code_log_probs(output.logits, self.item_codes[target_items]).sum(-1)  # [B]
+            if self.layout == "seq2seq":
+                output = self.seq2seq(self.history_codes(interaction), codes, interaction[self.USER_ID])
+                return self.seq2seq.code_log_probs(output.logits, codes).sum(-1)  # [B]
+            return self.code_head.code_log_probs(self.last_states(interaction), codes).sum(-1)  # [B]
 
     def full_sort_predict(self, interaction):
         with self.autocast():
-            items, scores = self.seq2seq.beam_search(
-                self.history_codes(interaction), self.code_index, self.beam_size, interaction[self.USER_ID]
-            )
+            if self.layout == "seq2seq":
+                items, scores = self.seq2seq.beam_search(
+                    self.history_codes(interaction), self.code_index, self.beam_size, interaction[self.USER_ID]
+                )
+            else:
+                state = self.last_states(interaction)  # [B, d]
+                if not self.code_head.autoregressive:
+                    return self.code_head.all_item_scores(state, self.item_codes)  # [B, n_items]
+                items, scores = self.head_beam_search(state)
         all_scores = scores.new_full((scores.shape[0], self.n_items), -torch.inf)  # [B, n_items]
         return all_scores.scatter_(1, items, scores)
+
+    def head_beam_search(self, state):
+        """Constrained beam search with the autoregressive code head from states `[B, d]`."""
+
+        def step_log_probs(prefix, parent):  # prefix [B, W, t] -> [B, W, K_t]
+            return self.code_head.level_log_probs(state.unsqueeze(1).expand(-1, prefix.shape[1], -1), prefix,
+                                                  prefix.shape[-1])
+
+        return constrained_beam_search(step_log_probs, self.code_index, state.shape[0], self.beam_size, state.device)

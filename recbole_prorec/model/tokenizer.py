@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 ADAPTATIONS = ("adaln", "layernorm", "mlp")
 CODE_SOURCES = ("integrated", "collaborative", "semantic", "concat")
 ALIGN_ITEMS = ("target", "all")
+# SASRec's sequence encoder, carried in the artifact so that stage 2 can start from it (PRORec's warm_start).
+SEQUENCE_ENCODER_MODULES = ("item_embedding", "position_embedding", "LayerNorm", "trm_encoder")
 # Run options that shape the embeddings, recorded in the artifact (with every option of our YAML).
 _RUN_KEYS = ("dataset", "text_fields", "seed", "epochs", "train_batch_size", "learner", "learning_rate",
              "weight_decay", "MAX_ITEM_LIST_LENGTH", "valid_metric", "stopping_step")
@@ -198,6 +200,14 @@ class PRORecTokenizer(SASRec):
         embeddings[0] = 0
         return embeddings
 
+    def sequence_encoder_state(self):
+        """The SASRec encoder's weights (item and position embeddings, input LayerNorm, transformer) as arrays."""
+        return {
+            name: tensor.detach().float().cpu().numpy()
+            for name, tensor in self.state_dict().items()
+            if name.split(".")[0] in SEQUENCE_ENCODER_MODULES
+        }
+
     @torch.no_grad()
     def on_training_end(self, dataset):
         """Quantize the ``code_source`` embeddings and write the item-code artifact; ``{"path", "stats"}``."""
@@ -209,7 +219,8 @@ class PRORecTokenizer(SASRec):
             rqvae_kwargs=options["rqvae_kwargs"],
         )
         artifact = ItemCodeArtifact.from_quantization(
-            result, dataset.field2id_token[dataset.iid_field], embeddings.numpy(), config=options
+            result, dataset.field2id_token[dataset.iid_field], embeddings.numpy(), config=options,
+            encoder=self.sequence_encoder_state(),
         )
         path = artifact.save(self.artifact_path)
         logger.info(

@@ -1,6 +1,7 @@
 """The item-code artifact: stage 1's output and stage 2's input, keyed to RecBole's internal item ids.
 
-Stored as ``<path>.npz`` (``codes``, ``embeddings``; loaded with ``allow_pickle=False``) and ``<path>.json``
+Stored as ``<path>.npz`` (``codes``, ``embeddings``, and ``encoder/<name>`` for each weight of stage 1's
+sequence encoder when the artifact carries one; loaded with ``allow_pickle=False``) and ``<path>.json``
 (``item_tokens``, ``config``, ``stats`` and a digest of the arrays, so a half-finished save is detected).
 Each file is written to a temporary file and moved into place (``utils.write_atomically``).
 """
@@ -17,6 +18,7 @@ from recbole_prorec.utils import write_atomically
 
 ARRAYS = ("codes", "embeddings")
 JSON_KEYS = ("item_tokens", "config", "stats", "arrays_sha256")
+ENCODER_PREFIX = "encoder/"
 PAD_TOKEN = "[PAD]"
 
 
@@ -38,9 +40,9 @@ def _json_default(value):
     raise TypeError(f"artifact config/stats value of type {type(value).__name__} is not JSON serializable: {value!r}")
 
 
-def _digest(codes, embeddings):
+def _digest(codes, embeddings, encoder):
     h = hashlib.sha256()
-    for array in (codes, embeddings):
+    for array in (codes, embeddings, *(encoder[name] for name in sorted(encoder))):
         h.update(str(array.shape).encode())
         h.update(np.ascontiguousarray(array).tobytes())
     return h.hexdigest()
@@ -52,7 +54,9 @@ class ItemCodeArtifact:
 
     ``codes`` int64 ``[item_num, L]`` with row 0 all -1 and the other rows distinct and non-negative;
     ``item_tokens`` the raw item tokens (``dataset.field2id_token[iid_field]``); ``embeddings`` float32
-    ``[item_num, d]`` (row 0 zeros), the pre-quantization embeddings; ``config`` and ``stats`` JSON-ready dicts.
+    ``[item_num, d]`` (row 0 zeros), the pre-quantization embeddings; ``config`` and ``stats`` JSON-ready dicts;
+    ``encoder`` the weights of the stage-1 sequence encoder by parameter name (float32 arrays; empty when the
+    codes did not come from a trained sequence model), which a stage-2 model can start from (``warm_start``).
     """
 
     codes: np.ndarray
@@ -60,6 +64,7 @@ class ItemCodeArtifact:
     embeddings: np.ndarray
     config: dict = dataclasses.field(default_factory=dict)
     stats: dict = dataclasses.field(default_factory=dict)
+    encoder: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         codes, embeddings = np.asarray(self.codes), np.asarray(self.embeddings)
@@ -86,12 +91,14 @@ class ItemCodeArtifact:
         self.codes = codes.astype(np.int64, copy=False)
         self.embeddings = embeddings.astype(np.float32, copy=False)
         self.item_tokens = [str(t) for t in self.item_tokens]
+        self.encoder = {str(name): np.asarray(value, dtype=np.float32) for name, value in self.encoder.items()}
 
     @classmethod
-    def from_quantization(cls, result, item_tokens, embeddings, config=None):
+    def from_quantization(cls, result, item_tokens, embeddings, config=None, encoder=None):
         """Artifact from a ``QuantizationResult`` over items 1..n; prepends the ``[PAD]`` row of -1 codes."""
         pad = np.full((1, result.codes.shape[1]), -1, dtype=np.int64)
-        return cls(np.concatenate([pad, result.codes]), list(item_tokens), embeddings, dict(config or {}), result.stats)
+        codes = np.concatenate([pad, result.codes])
+        return cls(codes, list(item_tokens), embeddings, dict(config or {}), result.stats, dict(encoder or {}))
 
     @property
     def codebook_sizes(self):
@@ -105,11 +112,12 @@ class ItemCodeArtifact:
             "item_tokens": self.item_tokens,
             "config": self.config,
             "stats": self.stats,
-            "arrays_sha256": _digest(self.codes, self.embeddings),
+            "arrays_sha256": _digest(self.codes, self.embeddings, self.encoder),
         }
         text = json.dumps(meta, default=_json_default, indent=1).encode()  # serialise first: fail before writing
         arrays = io.BytesIO()
-        np.savez(arrays, codes=self.codes, embeddings=self.embeddings)
+        encoder = {ENCODER_PREFIX + name: value for name, value in self.encoder.items()}
+        np.savez(arrays, codes=self.codes, embeddings=self.embeddings, **encoder)
         write_atomically(prefix.with_name(prefix.name + ".npz"), arrays.getvalue())
         write_atomically(prefix.with_name(prefix.name + ".json"), text)
         return prefix
@@ -125,6 +133,7 @@ class ItemCodeArtifact:
         try:
             with np.load(npz_path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in ARRAYS if k in npz.files}
+                encoder = {k[len(ENCODER_PREFIX):]: npz[k] for k in npz.files if k.startswith(ENCODER_PREFIX)}
         except (OSError, ValueError, zipfile.BadZipFile) as e:
             raise ValueError(f"{npz_path}: not a readable pickle-free .npz ({e})") from e
         missing = [k for k in ARRAYS if k not in arrays]
@@ -138,10 +147,10 @@ class ItemCodeArtifact:
         missing = [k for k in JSON_KEYS if not isinstance(meta, dict) or k not in meta]
         if missing:
             raise ValueError(f"{json_path}: missing keys {missing}; an item-code artifact's JSON has {list(JSON_KEYS)}")
-        if meta["arrays_sha256"] != _digest(codes, embeddings):
+        if meta["arrays_sha256"] != _digest(codes, embeddings, encoder):
             raise ValueError(f"{npz_path} and {json_path} come from different saves (interrupted write?): rebuild it")
         try:
-            artifact = cls(codes, meta["item_tokens"], embeddings, meta["config"], meta["stats"])
+            artifact = cls(codes, meta["item_tokens"], embeddings, meta["config"], meta["stats"], encoder)
         except ValueError as e:
             raise ValueError(f"{npz_path}: {e}") from e
         if dataset is not None:

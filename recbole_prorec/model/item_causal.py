@@ -1,0 +1,152 @@
+"""The item-level causal layout of the generative models: one token per history item, a loss at every position.
+
+References:
+    Yupeng Hou et al. "Generating Long Semantic IDs in Parallel for Recommendation." in KDD 2025 (RPG: a code
+    head that predicts an item's codes from one sequence state, with a loss at every position).
+    Wang-Cheng Kang and Julian McAuley. "Self-Attentive Sequential Recommendation." in ICDM 2018 (SASRec).
+
+Why this layout: TIGER's encoder-decoder learns from one (history -> next item) sample per training prefix,
+re-encoding the same history for every prefix, and writes each code with a decoder pass. Here a causal
+transformer reads a user's window of items once and every position predicts the next item's code tuple, so
+one window gives up to `MAX_ITEM_LIST_LENGTH` training targets for the cost of one encoder pass. A history
+item enters as the sum of its code embeddings (plus, optionally, its ID embedding); the next item's codes
+come from a small head on the position's state (`CodeHead`).
+"""
+
+import torch
+import torch.nn.functional as F
+from recbole.model.layers import TransformerEncoder
+from torch import nn
+
+CODE_HEADS = ("parallel", "autoregressive")
+
+
+class SequenceEncoder(nn.Module):
+    """SASRec's sequence encoder, returning the state of every position (causal: position t sees items <= t).
+
+    Parameter names are SASRec's (`item_embedding`, `position_embedding`, `LayerNorm`, `trm_encoder`), so the
+    weights of a stage-1 PRORecTokenizer (a SASRec) load into it unchanged. `item_embedding=False` leaves the
+    item-ID table out: the caller's `extra_input` (code embeddings) is then the only item input, as in TIGER.
+    Sequences are left-aligned with padding item 0 at the end (RecBole's layout).
+    """
+
+    def __init__(self, n_items, max_seq_length, hidden_size, n_layers, n_heads, inner_size, hidden_dropout_prob,
+                 attn_dropout_prob, hidden_act, layer_norm_eps, item_embedding=True):
+        super().__init__()
+        self.item_embedding = nn.Embedding(n_items, hidden_size, padding_idx=0) if item_embedding else None
+        self.position_embedding = nn.Embedding(max_seq_length, hidden_size)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(hidden_dropout_prob)
+        self.trm_encoder = TransformerEncoder(
+            n_layers=n_layers, n_heads=n_heads, hidden_size=hidden_size, inner_size=inner_size,
+            hidden_dropout_prob=hidden_dropout_prob, attn_dropout_prob=attn_dropout_prob, hidden_act=hidden_act,
+            layer_norm_eps=layer_norm_eps,
+        )
+
+    def forward(self, item_seq, extra_input=None):
+        """`item_seq [B, T]`, `extra_input [B, T, d]` or None -> states `[B, T, d]`."""
+        positions = torch.arange(item_seq.shape[1], device=item_seq.device)
+        hidden = self.position_embedding(positions).unsqueeze(0)  # [1, T, d]
+        if self.item_embedding is not None:
+            hidden = hidden + self.item_embedding(item_seq)
+        if extra_input is not None:
+            hidden = hidden + extra_input
+        hidden = self.dropout(self.LayerNorm(hidden))  # [B, T, d]
+        visible = torch.tril((item_seq != 0)[:, None, None, :].expand(-1, -1, item_seq.shape[1], -1))
+        attention_mask = torch.where(visible, 0.0, -10000.0)  # [B, 1, T, T], SASRec's additive mask
+        return self.trm_encoder(hidden, attention_mask, output_all_encoded_layers=False)[-1]
+
+    def load_stage_one(self, weights, source):
+        """Copy a stage-1 SASRec's encoder weights (`{name: array}`) into this module; every name must match."""
+        own = self.state_dict()
+        missing = sorted(set(own) - set(weights))
+        if missing:
+            raise ValueError(f"{source} carries no stage-1 weights for {missing[:3]}{'...' if len(missing) > 3 else ''}: "
+                             "rebuild it with this version (python -m recbole_prorec.tokenize --checkpoint ...)")
+        for name, value in own.items():
+            if tuple(weights[name].shape) != tuple(value.shape):
+                raise ValueError(
+                    f"stage-1 weight {name} in {source} has shape {tuple(weights[name].shape)}, this model's "
+                    f"{tuple(value.shape)}: hidden_size, n_layers, inner_size and MAX_ITEM_LIST_LENGTH must equal "
+                    "the tokenizer's for warm_start / stage_one_fusion"
+                )
+        self.load_state_dict({name: torch.as_tensor(weights[name]) for name in own})
+
+
+class CodeHead(nn.Module):
+    """The next item's code tuple from a sequence state, one level at a time.
+
+    `parallel`: level l's logits are a linear map of the state alone, so an item's log-probability
+    `sum_l log p_l(c_l)` is a sum of independent per-level terms and every item of the catalogue can be
+    scored exactly with one gather per level (`all_item_scores`). `autoregressive`: level l reads the state
+    plus the embeddings of the codes already written (`state + sum_{m<l} E_prefix[c_m]`, then a small MLP),
+    so a residual code can depend on the coarse code before it; ranking then needs beam search.
+    """
+
+    def __init__(self, codebook_sizes, hidden_size, kind):
+        super().__init__()
+        if kind not in CODE_HEADS:
+            raise ValueError(f"code_head must be one of {CODE_HEADS}, got {kind!r}")
+        self.codebook_sizes = list(codebook_sizes)
+        self.autoregressive = kind == "autoregressive"
+        starts = torch.tensor([0] + self.codebook_sizes).cumsum(0)
+        self.register_buffer("level_starts", starts[:-1], persistent=False)  # [L]
+        self.output = nn.Linear(hidden_size, int(starts[-1]))  # level l's logits: its slice of the outputs
+        if self.autoregressive:
+            self.prefix_embedding = nn.Embedding(int(starts[-1]), hidden_size)
+            self.mixer = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.LayerNorm(hidden_size))
+
+    @property
+    def num_levels(self):
+        return len(self.codebook_sizes)
+
+    def level_log_probs(self, state, prefix_codes, level):
+        """`state [..., d]`, the codes already written `prefix_codes [..., level]` -> `[..., K_level]` log-probs."""
+        hidden = state
+        if self.autoregressive:
+            if level > 0:
+                prefix_tokens = prefix_codes + self.level_starts[:level]
+                hidden = hidden + self.prefix_embedding(prefix_tokens).sum(-2)
+            hidden = self.mixer(hidden)
+        start = int(self.level_starts[level])
+        rows = slice(start, start + self.codebook_sizes[level])
+        logits = F.linear(hidden, self.output.weight[rows], self.output.bias[rows])
+        return logits.float().log_softmax(-1)
+
+    def code_log_probs(self, state, codes):
+        """Teacher-forced `state [N, d]`, `codes [N, L]` -> `[N, L]` log-probability of each code."""
+        return torch.stack(
+            [
+                self.level_log_probs(state, codes[:, :level], level).gather(-1, codes[:, level : level + 1]).squeeze(-1)
+                for level in range(self.num_levels)
+            ],
+            dim=-1,
+        )
+
+    def all_item_scores(self, state, item_codes):
+        """Exact log-probability of every item (parallel head only): `state [B, d]` -> `[B, item_num]`.
+
+        `item_codes [item_num, L]` with row 0 (padding) all -1, which scores -inf.
+        """
+        if self.autoregressive:
+            raise ValueError("exact scoring of every item needs the parallel code head; rank with beam search")
+        codes = item_codes.clamp(min=0)  # [item_num, L]
+        scores = sum(self.level_log_probs(state, None, level)[:, codes[:, level]] for level in range(self.num_levels))
+        return scores.masked_fill((item_codes < 0).any(1), -torch.inf)
+
+
+def next_items(item_seq, item_seq_len, target_items):
+    """The item each position of a window predicts: `item_seq [B, T]` shifted left, the target after the last item.
+
+    Position t of a left-aligned history predicts item t+1, and the last real position predicts
+    `target_items`; padding positions get 0. Returns `[B, T]`.
+    """
+    shifted = F.pad(item_seq[:, 1:], (0, 1))  # [B, T]
+    return shifted.scatter(1, (item_seq_len - 1).unsqueeze(1), target_items.unsqueeze(1))
+
+
+def visible_history(item_seq):
+    """`[B, T]` -> `[B, T, T]`: row t holds the items position t has seen (later positions set to 0)."""
+    steps = torch.arange(item_seq.shape[1], device=item_seq.device)
+    seen = steps.unsqueeze(1) >= steps.unsqueeze(0)  # [T, T]
+    return item_seq.unsqueeze(1).masked_fill(seen.logical_not(), 0)
