@@ -102,17 +102,21 @@ def create_model_dataset(model_class, config):
 
 
 def sample_validation_users(config, valid_data, num_users):
-    """A full-sort validation loader over a fixed random sample of `num_users` validation samples (one per user).
+    """A full-sort validation loader over a fixed random sample of `num_users` validation users.
 
-    The sample depends only on `seed`, so every epoch (and every model with the same seed) validates on the same
-    users; early stopping then costs a fraction of a full validation. Test always uses every user.
+    The sample depends only on `seed` and the set of validation users (not on the row order, which differs
+    between datasets built differently), so every epoch, and every model with the same seed, validates on the
+    same users; early stopping then costs a fraction of a full validation. Test always uses every user.
     """
     dataset = valid_data._dataset
-    if num_users >= len(dataset):
+    users = dataset.inter_feat[dataset.uid_field]  # one validation sample per user
+    if num_users >= len(users):
         return valid_data
     generator = torch.Generator().manual_seed(int(config["seed"]))
-    rows = torch.randperm(len(dataset), generator=generator)[:num_users].sort().values
-    logging.getLogger().info(f"validating on {num_users} of {len(dataset)} users (valid_sample_users)")
+    candidates = users.unique()  # sorted
+    chosen = candidates[torch.randperm(len(candidates), generator=generator)[:num_users]]
+    rows = torch.isin(users, chosen).nonzero().squeeze(1)
+    logging.getLogger().info(f"validating on {len(rows)} of {len(users)} users (valid_sample_users)")
     return type(valid_data)(config, dataset.copy(dataset.inter_feat[rows]), valid_data._sampler, shuffle=False)
 
 

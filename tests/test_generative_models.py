@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 from recbole.data import create_dataset, data_preparation
-from recbole.trainer import Trainer
 from recbole.utils import init_seed
 
 from recbole_prorec import semantic, tokenize
+from recbole_prorec.model.item_causal import SequenceEncoder
 from recbole_prorec.model.prorec import PRORec, in_batch_info_nce
 from recbole_prorec.model.tiger import TIGER, build_semantic_artifact
 from recbole_prorec.quantization import ItemCodeArtifact, quantize
@@ -17,8 +17,12 @@ from recbole_prorec.quick_start import build_config, run
 
 TINY_MODEL = {
     "d_model": 16, "attention_heads": 2, "encoder_layers": 1, "decoder_layers": 1, "d_ff": 32,
-    "n_user_buckets": 7, "learning_rate": 0.01, "stopping_step": 1,
+    "n_user_buckets": 7, "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 2,
+    "learning_rate": 0.01, "stopping_step": 1,
 }
+# The layouts that rank by beam search: TIGER's paper layout, and the item-causal one with an autoregressive head.
+BEAM_LAYOUTS = [{"layout": "seq2seq", "train_windows": False, "item_id_input": False, "warm_start": False},
+                {"code_head": "autoregressive"}]
 
 
 class FakeEncoder:
@@ -36,13 +40,22 @@ def make_config(model_class, fast_run_config, **overrides):
     return config
 
 
-def write_artifact(dataset, path, seed=0):
+def stage_one_encoder_weights(dataset, config, seed=0):
+    """Random weights of a SASRec encoder with the tiny sizes, standing in for a trained tokenizer's."""
+    torch.manual_seed(seed)
+    encoder = SequenceEncoder(dataset.item_num, config["MAX_ITEM_LIST_LENGTH"], TINY_MODEL["hidden_size"],
+                              TINY_MODEL["n_layers"], TINY_MODEL["n_heads"], TINY_MODEL["inner_size"], 0.5, 0.5,
+                              "gelu", 1e-12)
+    return {name: value.numpy() for name, value in encoder.state_dict().items()}
+
+
+def write_artifact(dataset, path, seed=0, encoder=None):
     """Residual k-means codes (2 levels of 4 + collision level) of random 'integrated' embeddings."""
     embeddings = np.random.default_rng(seed).standard_normal((dataset.item_num, 8)).astype(np.float32)
     embeddings[0] = 0
     result = quantize(embeddings[1:], method="rkmeans", levels=2, codebook_size=4, seed=seed)
     item_tokens = dataset.field2id_token[dataset.iid_field]
-    return str(ItemCodeArtifact.from_quantization(result, item_tokens, embeddings).save(path))
+    return str(ItemCodeArtifact.from_quantization(result, item_tokens, embeddings, encoder=encoder).save(path))
 
 
 def prepared(model_class, fast_run_config, **overrides):
@@ -50,16 +63,17 @@ def prepared(model_class, fast_run_config, **overrides):
     config = make_config(model_class, fast_run_config, **overrides)
     dataset = create_dataset(config)
     if not config["tokenizer_artifact"]:
-        config["tokenizer_artifact"] = write_artifact(dataset, "artifacts/tiny")
+        weights = stage_one_encoder_weights(dataset, config)
+        config["tokenizer_artifact"] = write_artifact(dataset, "artifacts/tiny", encoder=weights)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"], config["reproducibility"])
     model = model_class(config, train_data._dataset)
     return config, model, (train_data, valid_data, test_data)
 
 
-@pytest.fixture
-def tiger(fast_run_config):
-    return prepared(TIGER, fast_run_config)
+@pytest.fixture(params=BEAM_LAYOUTS, ids=["seq2seq", "autoregressive_head"])
+def tiger(request, fast_run_config):
+    return prepared(TIGER, fast_run_config, **request.param)
 
 
 def beam_scores(model, data):
@@ -137,11 +151,12 @@ def test_prorec_kd_weights_add_their_terms_and_zero_removes_them(fast_run_config
 
 
 @pytest.mark.parametrize("model_class", [TIGER, PRORec])
-def test_one_epoch_trains_and_evaluates_through_recbole(model_class, fast_run_config):
+@pytest.mark.parametrize("layout", [{}] + BEAM_LAYOUTS, ids=["item_causal", "seq2seq", "autoregressive_head"])
+def test_one_epoch_trains_and_evaluates_through_recbole(model_class, layout, fast_run_config):
     # The checkpoint's Config names the model class; compat allow-lists the classes that model/__init__ exports.
     torch.serialization.add_safe_globals([model_class])
-    config, model, (train_data, valid_data, test_data) = prepared(model_class, fast_run_config, epochs=2)
-    trainer = Trainer(config, model)
+    config, model, (train_data, valid_data, test_data) = prepared(model_class, fast_run_config, epochs=2, **layout)
+    trainer = model.trainer_class(config, model)
     losses = [trainer._train_epoch(train_data, epoch) for epoch in range(2)]
     assert losses[1] < losses[0]
     trainer.fit(train_data, valid_data, saved=True, show_progress=False)
@@ -178,7 +193,7 @@ def test_prorec_run_trains_the_tokenizer_first_then_reuses_its_artifact(fast_run
     monkeypatch.setattr(semantic, "load_sentence_encoder", lambda name, device="cpu": FakeEncoder())
     overrides = {
         **fast_run_config, **TINY_MODEL, "text_fields": ["title", "brand", "categories"], "cache_dir": "cache",
-        "tokenizer_config": {"code_levels": 2, "codebook_size": 4, "hidden_size": 16, "inner_size": 32},
+        "tokenizer_config": {"code_levels": 2, "codebook_size": 4},
     }
     first = run("PRORec", "tiny", config_dict=overrides)
     assert first["stage_one"]["model"] == "PRORecTokenizer" and first["stage_one"]["artifact"]["path"]

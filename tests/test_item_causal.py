@@ -1,0 +1,147 @@
+"""The item-causal layout and the CPU recipe: per-position loss, training windows, exact scoring, warm start,
+fusion, sampled validation and the learning-rate schedule."""
+
+import math
+
+import pytest
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.data.interaction import Interaction
+
+from recbole_prorec.data.windows import WindowedSequentialDataset
+from recbole_prorec.model.item_causal import next_items
+from recbole_prorec.model.prorec import PRORec
+from recbole_prorec.model.tiger import TIGER
+from recbole_prorec.quick_start import sample_validation_users
+from recbole_prorec.trainer import warmup_cosine
+from tests.test_generative_models import make_config, prepared
+
+DETERMINISTIC = {"bf16": False, "hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0}
+
+
+def window(model, items, target):
+    """An interaction holding one left-aligned history `items` and its `target`."""
+    item_seq = torch.zeros(1, model.max_seq_length, dtype=torch.long)
+    item_seq[0, : len(items)] = torch.tensor(items)
+    return Interaction({model.ITEM_SEQ: item_seq, model.ITEM_SEQ_LEN: torch.tensor([len(items)]),
+                        model.POS_ITEM_ID: torch.tensor([target]), model.USER_ID: torch.tensor([1])})
+
+
+@pytest.mark.parametrize("code_head", ["parallel", "autoregressive"])
+def test_per_position_loss_equals_the_loss_of_every_prefix(fast_run_config, code_head):
+    _, model, _ = prepared(TIGER, fast_run_config, code_head=code_head, **DETERMINISTIC)
+    model.eval()
+    items = [3, 7, 1, 9, 4, 12]
+    with torch.no_grad():
+        whole = model.generation_step(window(model, items[:-1], items[-1]))
+        assert whole.target_items.tolist() == items[1:]
+        for length in range(1, len(items)):
+            prefix = model.generation_step(window(model, items[:length], items[length]))
+            torch.testing.assert_close(prefix.code_log_probs[-1], whole.code_log_probs[length - 1])
+            torch.testing.assert_close(prefix.target_state[-1], whole.target_state[length - 1])
+
+
+def test_next_items_shift_the_window_and_end_with_the_target():
+    item_seq = torch.tensor([[5, 6, 7, 0], [8, 0, 0, 0], [1, 2, 3, 4]])
+    targets = next_items(item_seq, torch.tensor([3, 1, 4]), torch.tensor([9, 10, 11]))
+    assert targets.tolist() == [[6, 7, 9, 0], [10, 0, 0, 0], [2, 3, 4, 11]]
+
+
+def per_user_targets(dataset, windows):
+    """Sorted (user, target item) pairs a training dataset teaches, counting every position of a window."""
+    data = dataset.inter_feat
+    seq, length = data[dataset.item_id_list_field], data[dataset.item_list_length_field]
+    targets = next_items(seq, length, data[dataset.iid_field]) if windows else data[dataset.iid_field].unsqueeze(1)
+    users = data[dataset.uid_field].unsqueeze(1).expand_as(targets)
+    return sorted(zip(users[targets > 0].tolist(), targets[targets > 0].tolist()))
+
+
+def test_training_windows_teach_every_training_target_once_and_keep_valid_and_test(fast_run_config):
+    splits = {}
+    for windows in (False, True):
+        config = make_config(TIGER, fast_run_config, train_windows=windows, MAX_ITEM_LIST_LENGTH=4)
+        splits[windows] = WindowedSequentialDataset(config).build()
+    (train, valid, test), (window_train, window_valid, window_test) = splits[False], splits[True]
+    assert len(window_train) < len(train)
+    assert per_user_targets(window_train, windows=True) == per_user_targets(train, windows=False)
+    for full, thinned in ((valid, window_valid), (test, window_test)):
+        full.sort(by=full.uid_field)
+        thinned.sort(by=thinned.uid_field)
+        for field in (full.uid_field, full.iid_field, full.item_id_list_field):
+            assert torch.equal(full.inter_feat[field], thinned.inter_feat[field])
+
+
+@pytest.mark.parametrize("model_class", [TIGER, PRORec])
+def test_parallel_head_scores_every_item_with_its_code_log_probability(fast_run_config, model_class):
+    _, model, (_, valid_data, _) = prepared(model_class, fast_run_config, bf16=False)
+    model.eval()
+    interaction = next(iter(valid_data))[0][:3]
+    with torch.no_grad():
+        scores = model.full_sort_predict(interaction)  # [3, n_items]
+        assert torch.isinf(scores[:, 0]).all() and torch.isfinite(scores[:, 1:]).all()
+        for item in (1, 5, model.n_items - 1):
+            interaction.update(Interaction({model.ITEM_ID: torch.full((3,), item)}))
+            torch.testing.assert_close(model.predict(interaction), scores[:, item])
+
+
+def test_warm_start_copies_the_tokenizer_encoder(fast_run_config):
+    _, model, _ = prepared(PRORec, fast_run_config)
+    for name, value in model.sequence_encoder.state_dict().items():
+        assert torch.equal(value, torch.from_numpy(model.artifact.encoder[name])), name
+    _, cold, _ = prepared(PRORec, fast_run_config, warm_start=False)
+    weight = cold.sequence_encoder.item_embedding.weight
+    assert not torch.equal(weight, torch.from_numpy(cold.artifact.encoder["item_embedding.weight"]))
+
+
+def test_warm_start_from_a_tokenizer_of_another_size_names_the_keys(fast_run_config):
+    with pytest.raises(ValueError, match="hidden_size, n_layers, inner_size"):
+        prepared(PRORec, fast_run_config, inner_size=64)
+
+
+def test_stage_one_fusion_mixes_the_two_log_probabilities(fast_run_config):
+    _, model, (_, valid_data, _) = prepared(PRORec, fast_run_config, stage_one_fusion=0.25, bf16=False)
+    model.eval()
+    interaction = next(iter(valid_data))[0]
+    with torch.no_grad():
+        fused = model.full_sort_predict(interaction)
+        codes_only = TIGER.full_sort_predict(model, interaction)
+        stage_one = model.stage_one_encoder(interaction[model.ITEM_SEQ])
+        stage_one = model.gather_indexes(stage_one, interaction[model.ITEM_SEQ_LEN] - 1)
+        stage_one = (stage_one @ model.stage_one_encoder.item_embedding.weight.T).log_softmax(-1)
+    real = slice(1, None)
+    torch.testing.assert_close(fused[:, real], 0.75 * codes_only[:, real] + 0.25 * stage_one[:, real])
+    assert not any(p.requires_grad for p in model.stage_one_encoder.parameters())
+
+
+def test_sampled_validation_is_a_fixed_sample_per_seed(fast_run_config):
+    config = make_config(TIGER, fast_run_config)
+    _, valid_data, _ = data_preparation(config, create_dataset(config))
+
+    def users(seed):
+        config["seed"] = seed
+        sample = sample_validation_users(config, valid_data, 10)
+        return sorted(sample._dataset.inter_feat[sample._dataset.uid_field].tolist())
+
+    first = users(2020)
+    assert len(first) == 10 and len(set(first)) == 10
+    assert users(2020) == first
+    assert users(7) != first
+    assert sample_validation_users(config, valid_data, 10_000) is valid_data
+
+
+def test_warmup_then_cosine_to_zero():
+    factor = warmup_cosine(total_steps=110, warmup_steps=10)
+    assert [factor(step) for step in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert factor(60) == pytest.approx(0.5)
+    assert factor(110) == pytest.approx(0.0) and factor(500) == pytest.approx(0.0)
+    assert all(factor(s) >= factor(s + 1) for s in range(10, 110))
+
+
+def test_trainer_decays_the_learning_rate_over_the_planned_epochs(fast_run_config):
+    config, model, (train_data, valid_data, _) = prepared(TIGER, fast_run_config, epochs=2, warmup_ratio=0.0)
+    trainer = model.trainer_class(config, model)
+    trainer.fit(train_data, valid_data, saved=False)
+    steps = 2 * len(train_data)
+    last = warmup_cosine(steps, 1)(steps)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(config["learning_rate"] * last, abs=1e-12)
+    assert trainer.scheduler.last_epoch == steps and not math.isnan(trainer.optimizer.param_groups[0]["lr"])
