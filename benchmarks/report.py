@@ -98,6 +98,8 @@ def group_rows(records):
         )
         row["train_s"] = mean_std([r["train_seconds_per_epoch"] for r in runs])[0]
         row["eval_s"] = mean_std([r["test_eval_seconds"] for r in runs])[0]
+        row["fit_s"] = mean_std([(r["train_seconds_per_epoch"] + r["valid_seconds_per_epoch"]) * r["epochs_run"]
+                                 for r in runs])[0]
         row["rss"] = max(r["peak_rss_mb"] for r in runs)
         rows.append(row)
     return rows
@@ -134,12 +136,14 @@ def metric_table(rows, published, compare_to=None):
     """
     best = {m: max((row[m][0] for row in rows if row[m][0] is not None), default=None) for m in METRICS}
     header = ["model", "seeds"] + [short_name(m) for m in METRICS] + [
-        "best/run epochs", "s / train epoch", "test eval s", "peak RSS MB"] + (["N@10 vs full"] if compare_to else [])
+        "best/run epochs", "s / train epoch", "train+valid min", "test eval s", "peak RSS MB"] + (
+        ["N@10 vs full"] if compare_to else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["label"], str(len(row["seeds"]))]
         cells += [format_value(*row[m], bold=row[m][0] is not None and row[m][0] == best[m]) for m in METRICS]
-        cells += [row["epochs"], f"{row['train_s']:.0f}", f"{row['eval_s']:.0f}", f"{row['rss']:.0f}"]
+        cells += [row["epochs"], f"{row['train_s']:.0f}", f"{row['fit_s'] / 60:.1f}", f"{row['eval_s']:.0f}",
+                  f"{row['rss']:.0f}"]
         cells += [change_against(row, rows, compare_to)] if compare_to else []
         lines.append("| " + " | ".join(cells) + " |")
     for ref in published:
@@ -149,14 +153,14 @@ def metric_table(rows, published, compare_to=None):
     return "\n".join(lines)
 
 
-def new_figure(figsize):
-    """`(fig, ax)` on matplotlib's file-only backend (no display on the benchmark machines)."""
+def new_figure(figsize, ncols=1):
+    """`(fig, ax)` (`ncols` axes) on matplotlib's file-only backend (no display on the benchmark machines)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=figsize)
+    return plt.subplots(figsize=figsize, ncols=ncols)
 
 
 def save_figure(fig, path):
@@ -186,17 +190,25 @@ def plot_metrics(rows, title, path):
 
 
 def plot_valid_curves(rows, title, path):
-    """Validation metric per epoch of each row's first seed; False when no record carries a curve."""
+    """Validation metric of each row's first seed per epoch and per second of training; False without curves.
+
+    Older records carry `[epoch, score]` points only: they are drawn against epochs alone.
+    """
     curves = [(row["label"], row["runs"][0]["valid_curve"]) for row in rows if row["runs"][0].get("valid_curve")]
     if not curves:
         return False
-    fig, ax = new_figure((7, 4))
+    fig, (by_epoch, by_time) = new_figure((12, 4), ncols=2)
     for label, curve in curves:
-        ax.plot([epoch for epoch, _ in curve], [score for _, score in curve], marker=".", label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation score (valid_metric)")
-    ax.set_title(title)
-    ax.legend(fontsize="small")
+        scores = [point[1] for point in curve]
+        by_epoch.plot([point[0] for point in curve], scores, marker=".", label=label)
+        if all(len(point) > 2 for point in curve):
+            by_time.plot([point[2] / 60 for point in curve], scores, marker=".", label=label)
+    by_epoch.set_xlabel("epoch")
+    by_time.set_xlabel("minutes of training and validation")
+    for axes in (by_epoch, by_time):
+        axes.set_ylabel("validation score (valid_metric)")
+    by_epoch.set_title(title)
+    by_epoch.legend(fontsize="x-small")
     save_figure(fig, path)
     return True
 

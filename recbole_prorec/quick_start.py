@@ -94,6 +94,10 @@ class _EpochClock:
 
         return timed
 
+    def elapsed(self):
+        """Seconds spent training and validating so far."""
+        return sum(self.train_seconds) + sum(self.valid_seconds)
+
 
 def create_model_dataset(model_class, config):
     """The model's own dataset class when it declares one (`dataset_class`), else RecBole's `create_dataset`."""
@@ -151,7 +155,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
     """Train `model` on `dataset` with early stopping on the validation metric, then test the best weights.
 
     Returns a dict with the best validation and the test results, the validation score of every epoch this
-    process trained ("valid_curve": [[epoch, score], ...]), epochs run, the best epoch, seconds per
+    process trained ("valid_curve": [[epoch, score, seconds of training and validation so far], ...]), epochs run, the best epoch, seconds per
     training epoch, seconds of the test evaluation, peak RSS and the config hash; for a two-stage model also
     the stage-1 result under "stage_one".
     """
@@ -192,7 +196,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
     valid_scores = []
 
     def record_epoch(epoch_idx, valid_score):
-        valid_scores.append((epoch_idx, valid_score))
+        valid_scores.append((epoch_idx, valid_score, clock.elapsed()))
         if callback_fn is not None:
             callback_fn(epoch_idx, valid_score)
 
@@ -204,7 +208,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
     test_seconds = time.perf_counter() - test_start
 
     pick = max if config["valid_metric_bigger"] else min
-    best_epoch = pick(valid_scores, key=lambda pair: pair[1])[0] if valid_scores else None
+    best_epoch = pick(valid_scores, key=lambda point: point[1])[0] if valid_scores else None
     result = {
         "model": model_class.__name__,
         "dataset": dataset,
@@ -218,7 +222,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
         "max_epochs": config["epochs"],
         "stopping_step": config["stopping_step"],
         "best_valid_epoch": best_epoch,
-        "valid_curve": [[epoch, score] for epoch, score in valid_scores],
+        "valid_curve": [list(point) for point in valid_scores],
         "train_seconds_per_epoch": sum(clock.train_seconds) / max(len(clock.train_seconds), 1),
         "valid_seconds_per_epoch": sum(clock.valid_seconds) / max(len(clock.valid_seconds), 1),
         "test_eval_seconds": test_seconds,

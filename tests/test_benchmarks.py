@@ -103,8 +103,8 @@ def test_resume_overrides_pick_the_newest_checkpoint_of_the_right_stage(tmp_path
 def _record(label, seed, ndcg, recall=0.1, dataset="d"):
     test = {"recall@10": recall, "ndcg@10": ndcg}
     return {"label": label, "dataset": dataset, "seed": seed, "test_result": test, "best_valid_epoch": 3,
-            "epochs_run": 8, "max_epochs": 10, "train_seconds_per_epoch": 60.0, "test_eval_seconds": 5.0,
-            "peak_rss_mb": 900.0, "config_hash": "abc", "git_commit": "0123456789"}
+            "epochs_run": 8, "max_epochs": 10, "train_seconds_per_epoch": 60.0, "valid_seconds_per_epoch": 15.0,
+            "test_eval_seconds": 5.0, "peak_rss_mb": 900.0, "config_hash": "abc", "git_commit": "0123456789"}
 
 
 def test_report_means_over_seeds_bolds_the_best_and_shows_the_improvement(tmp_path):
@@ -123,6 +123,7 @@ def test_report_means_over_seeds_bolds_the_best_and_shows_the_improvement(tmp_pa
     new_line = next(line for line in text.splitlines() if line.startswith("| New |"))
     assert "0.0300 ± 0.0141" in base_line and "| 2 |" in base_line
     assert "**0.0450**" in new_line
+    assert "| 3/8 | 60 | 10.0 |" in new_line  # 8 epochs of 60 s training + 15 s validation: 10 minutes
     assert "N@10 +50.0%" in text
     assert "| New | rkmeans | 3 x 256 | 0.0500 → 0.0000 | 2 | 1.00, 0.50, 0.25 | 200, 100, 50 | 0.0100 |" in text
     assert (tmp_path / "plots" / "main-d.png").stat().st_size > 0
@@ -132,7 +133,7 @@ def test_ablation_report_shows_stage_one_rows_and_changes_against_the_full_model
     results, suites = tmp_path / "results", tmp_path / "suites"
     results.mkdir()
     suites.mkdir()
-    full = {**_record("Full", 0, 0.04), "model": "PRORec", "valid_curve": [[0, 0.01], [1, 0.03]],
+    full = {**_record("Full", 0, 0.04), "model": "PRORec", "valid_curve": [[0, 0.01, 70.0], [1, 0.03, 140.0]],
             "stage_one": {**_record("ignored", 0, 0.05), "model": "PRORecTokenizer"}}
     records = [{**_record("Tok variant", 0, 0.045), "model": "PRORecTokenizer"}, full,
                {**_record("No KD", 0, 0.03), "model": "PRORec"}]
