@@ -4,10 +4,11 @@ Reference:
     Shashank Rajput et al. "Recommender Systems with Generative Retrieval." in NeurIPS 2023.
 
 Items are code tuples from an `ItemCodeArtifact` (`tokenizer_artifact`); for TIGER itself those are RQ-VAE
-codes of the items' text embeddings, built and cached by `build_semantic_artifact`. An encoder-decoder
-(`CodeSeq2Seq`) maps the codes of the last `MAX_ITEM_LIST_LENGTH` items to the next item's codes; ranking is a
-constrained beam search whose items get their beam log-probabilities, every other item -inf, so RecBole's
-full-ranking metrics apply unchanged.
+codes of the items' text embeddings, built and cached by `build_semantic_artifact`. The model generates the next
+item's code tuple from the codes of the last `MAX_ITEM_LIST_LENGTH` items, in one of two layouts (`layout`, see
+the class): the item-causal one (`model/item_causal.py`, the default: it learns far more per CPU-second) or the
+paper's encoder-decoder (`model/seq2seq.py`). Either way every score is a log-probability of an item's codes,
+and invalid code tuples are never ranked.
 """
 
 import hashlib
