@@ -35,6 +35,21 @@ def test_round_trip_keeps_every_field(tmp_path):
     assert ItemCodeArtifact.load(prefix).item_tokens == TOKENS
 
 
+def test_encoder_weights_round_trip_and_are_covered_by_the_digest(tmp_path):
+    artifact = make_artifact()
+    artifact.encoder = {"trm_encoder.layer.0.weight": np.ones((2, 3), dtype=np.float32)}
+    prefix = artifact.save(tmp_path / "codes")
+    loaded = ItemCodeArtifact.load(prefix)
+    assert list(loaded.encoder) == ["trm_encoder.layer.0.weight"]
+    np.testing.assert_array_equal(loaded.encoder["trm_encoder.layer.0.weight"], np.ones((2, 3)))
+    meta = json.loads((tmp_path / "codes.json").read_text())
+    artifact.encoder["trm_encoder.layer.0.weight"][0, 0] = 2.0  # other weights, same codes: another save
+    artifact.save(tmp_path / "other")
+    (tmp_path / "other.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="come from different saves"):
+        ItemCodeArtifact.load(tmp_path / "other")
+
+
 def test_from_quantization_prepends_the_pad_row(tmp_path):
     embeddings = np.random.default_rng(0).standard_normal((31, 4)).astype(np.float32)
     embeddings[0] = 0

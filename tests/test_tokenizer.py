@@ -122,6 +122,12 @@ def test_training_end_writes_an_artifact_that_loads_for_the_dataset(trained, mon
     assert artifact.embeddings.shape == (dataset.item_num, 64)
     assert artifact.config["code_source"] == "integrated" and artifact.config["codebook_size"] == 4
     assert result["stats"]["collision_rate_after"] == 0.0
+    # the artifact carries the SASRec encoder that PRORec's warm start loads, and nothing else of the model
+    state = trained["model"].state_dict()
+    assert "semantic_embedding" not in artifact.encoder and not any(n.startswith("adapter") for n in artifact.encoder)
+    assert {"item_embedding.weight", "position_embedding.weight", "LayerNorm.weight"} <= set(artifact.encoder)
+    for name, value in artifact.encoder.items():
+        np.testing.assert_array_equal(value, state[name].numpy())
 
 
 def test_unsupported_options_are_rejected(trained):
