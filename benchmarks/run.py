@@ -67,9 +67,11 @@ def plan(suite, seeds=None, only=None):
             for seed in seeds or suite.get("seeds", [2020]):
                 overrides = {**suite.get("config", {}), **entry.get("config", {}), "seed": seed}
                 overrides.update(suite.get("dataset_config", {}).get(dataset, {}))
-                key = f"{label}-{dataset}-seed{seed}-{_digest(overrides)}"
+                config_files = list(entry.get("config_files", []))  # named configurations, relative to the repo
+                settings = {**overrides, "config_files": config_files} if config_files else overrides
+                key = f"{label}-{dataset}-seed{seed}-{_digest(settings)}"
                 runs.append({"label": label, "model": entry["model"], "dataset": dataset, "seed": seed,
-                             "overrides": overrides, "key": key})
+                             "overrides": overrides, "config_files": config_files, "key": key})
     return runs
 
 
@@ -135,7 +137,8 @@ def child_main(spec_file, record_file):
         overrides["tokenizer_config"] = {**(overrides.get("tokenizer_config") or {}),
                                          "resume_checkpoint": stage_one_resume}
     start = time.perf_counter()
-    result = run(spec["model"], spec["dataset"], config_dict=overrides)
+    config_files = [str(REPO / path) for path in spec.get("config_files", [])]
+    result = run(spec["model"], spec["dataset"], config_file_list=config_files, config_dict=overrides)
     record = {
         "key": spec["key"], "suite": spec["suite"], "label": spec["label"], "git_commit": spec["git_commit"],
         "overrides": spec["overrides"], "wall_seconds": time.perf_counter() - start,

@@ -93,36 +93,51 @@ def random_code_artifact(item_tokens, config, path, seed=0):
     return ItemCodeArtifact(codes.numpy(), list(item_tokens), embeddings, {"method": "random (timing only)"}).save(path)
 
 
+def model_entries(models):
+    """Suite `models` entries as `(label, model name, overrides, config files)`: a name, or a mapping with
+    `model` and optionally `label`, `config` and `config_files` (named configurations, relative to the repo)."""
+    entries = []
+    for entry in models:
+        if isinstance(entry, str):
+            entry = {"model": entry}
+        files = [str(BENCHMARKS.parent / path) for path in entry.get("config_files", [])]
+        entries.append((entry.get("label", entry["model"]), entry["model"], dict(entry.get("config") or {}), files))
+    return entries
+
+
 def measure_dataset(dataset, models, train_batches=50, config=None, random_codes=False):
-    """One record per model: test evaluation seconds over all test users, seconds per epoch, peak RSS.
+    """One record per model entry: test evaluation seconds over all test users, seconds per epoch, peak RSS.
+
+    `models` are names or mappings (`model_entries`: one model in two configurations, e.g. two layouts);
+    training batches come from the model's own dataset class (training windows where it uses them).
 
     With `random_codes`, the encoder-decoders (TIGER and its subclasses) generate over random item codes
     (`random_code_artifact`) instead of building their own: for datasets without item text.
     """
     import tempfile
 
-    from recbole.data import create_dataset, data_preparation
+    from recbole.data import data_preparation
     from recbole.trainer import Trainer
     from recbole.utils import init_seed
 
     from recbole_prorec.model.tiger import TIGER
-    from recbole_prorec.quick_start import build_config, ensure_dataset_files
+    from recbole_prorec.quick_start import build_config, create_model_dataset, ensure_dataset_files
     from recbole_prorec.utils import get_model
 
     records = []
     with tempfile.TemporaryDirectory(prefix="speed-codes-") as scratch:
-        for name in models:
+        for label, name, overrides, config_files in model_entries(models):
             model_class = get_model(name)
-            model_config = build_config(name, dataset, config_dict=config)
+            model_config = build_config(name, dataset, config_files, {**(config or {}), **overrides})
             ensure_dataset_files(model_config)
             if model_config["torch_threads"]:
                 torch.set_num_threads(int(model_config["torch_threads"]))
             init_seed(model_config["seed"], model_config["reproducibility"])
-            data = create_dataset(model_config)
+            data = create_model_dataset(model_class, model_config)
             over_random_codes = random_codes and issubclass(model_class, TIGER)
             if over_random_codes:
                 model_config["tokenizer_artifact"] = str(random_code_artifact(
-                    data.field2id_token[data.iid_field], model_config, pathlib.Path(scratch) / name))
+                    data.field2id_token[data.iid_field], model_config, pathlib.Path(scratch) / label))
             train_data, _, test_data = data_preparation(model_config, data)
             model = model_class(model_config, train_data.dataset).to(model_config["device"])
             train_seconds = time_training(model, train_data, train_batches, model_config["learning_rate"])
@@ -131,13 +146,13 @@ def measure_dataset(dataset, models, train_batches=50, config=None, random_codes
             result = trainer.evaluate(test_data, load_best_model=False, show_progress=model_config["show_progress"])
             eval_seconds = time.perf_counter() - start
             records.append({
-                "kind": "dataset", "key": f"dataset-{dataset}-{name}", "dataset": dataset, "model": name,
+                "kind": "dataset", "key": f"dataset-{dataset}-{label}", "dataset": dataset, "model": label,
                 "test_users": test_data.sample_size, "test_eval_seconds": eval_seconds,
                 "train_batches_timed": train_batches, "train_seconds_per_epoch": train_seconds,
                 "peak_rss_mb": peak_rss_mb(), "untrained_test_ndcg@10": result.get("ndcg@10"),
                 "load_average": os.getloadavg()[0], "random_codes": over_random_codes,
             })
-            print(f"{dataset} {name}: test evaluation {eval_seconds:.1f} s over {records[-1]['test_users']} users, "
+            print(f"{dataset} {label}: test evaluation {eval_seconds:.1f} s over {records[-1]['test_users']} users, "
                   f"{train_seconds:.0f} s per training epoch, peak RSS {records[-1]['peak_rss_mb']:.0f} MB", flush=True)
     return records
 
@@ -243,9 +258,10 @@ def run_suite(suite_name, suite, results_file, device="cpu"):
                 f.write(json.dumps({"suite": suite_name, "git_commit": commit, **record}) + "\n")
 
     for dataset, options in (suite.get("datasets") or {}).items():
-        if all(f"dataset-{dataset}-{model}" in done for model in options["models"]):
+        labels = [entry[0] for entry in model_entries(options["models"])]
+        if all(f"dataset-{dataset}-{label}" in done for label in labels):
             continue
-        print(f"timing {', '.join(options['models'])} on {dataset}", flush=True)
+        print(f"timing {', '.join(labels)} on {dataset}", flush=True)
         append(measure_dataset(dataset, options["models"], options.get("train_batches", 50),
                                {**settings, **options.get("config", {})}, options.get("random_codes", False)))
     scale = suite.get("scale")

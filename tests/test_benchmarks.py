@@ -43,6 +43,16 @@ def test_plan_merges_overrides_and_gives_stable_keys():
     assert [(r["label"], r["seed"]) for r in only] == [("no kd", 7), ("no kd", 7)]
 
 
+def test_named_configuration_files_are_part_of_a_run_and_its_key():
+    entry = {"model": "TIGER", "label": "t"}
+    suite = {"datasets": ["a"], "runs": [entry]}
+    (plain,) = runner.plan(suite)
+    entry["config_files"] = ["properties/layout/seq2seq.yaml"]
+    (paper,) = runner.plan(suite)
+    assert plain["config_files"] == [] and paper["config_files"] == ["properties/layout/seq2seq.yaml"]
+    assert paper["key"] != plain["key"] and paper["overrides"] == plain["overrides"]
+
+
 def test_suite_errors_name_the_file_and_key(bench_dirs):
     suites, _, _ = bench_dirs
     (suites / "broken.yaml").write_text("datasets: [tiny]\nruns:\n  - {label: x}\n")
@@ -175,11 +185,15 @@ def test_scale_measurement_times_both_rankings(tmp_path):
     assert any(line.startswith("| 300 | 8 |") for line in lines)
 
 
-def test_dataset_measurement_times_tiger_over_random_codes(fast_run_config):
-    config = {**fast_run_config, "train_batch_size": 8, "d_model": 16, "attention_heads": 2, "encoder_layers": 1,
-              "decoder_layers": 1, "d_ff": 32, "rqvae_codebook_size": 8, "history_tokens": "per_item"}
-    sasrec, tiger = speed.measure_dataset("tiny", ["SASRec", "TIGER"], train_batches=2, config=config, random_codes=True)
-    assert not sasrec["random_codes"] and tiger["random_codes"]
-    assert tiger["test_users"] == sasrec["test_users"] == 40 and tiger["test_eval_seconds"] > 0
-    lines = speed.report_lines("speed", {}, [sasrec, tiger], pathlib.Path("unused"))
+def test_dataset_measurement_times_both_tiger_layouts_over_random_codes(fast_run_config):
+    config = {**fast_run_config, "train_batch_size": 2, "d_model": 16, "attention_heads": 2, "encoder_layers": 1,
+              "decoder_layers": 1, "d_ff": 32, "hidden_size": 16, "inner_size": 32, "rqvae_codebook_size": 8}
+    paper = {"model": "TIGER", "label": "TIGER (paper layout)", "config_files": ["properties/layout/seq2seq.yaml"]}
+    sasrec, tiger, tiger_paper = speed.measure_dataset("tiny", ["SASRec", "TIGER", paper], train_batches=2,
+                                                       config=config, random_codes=True)
+    assert not sasrec["random_codes"] and tiger["random_codes"] and tiger_paper["random_codes"]
+    assert tiger["test_users"] == sasrec["test_users"] == tiger_paper["test_users"] == 40
+    assert tiger["train_seconds_per_epoch"] > 0 and tiger_paper["train_seconds_per_epoch"] > 0
+    lines = speed.report_lines("speed", {}, [sasrec, tiger, tiger_paper], pathlib.Path("unused"))
     assert any(line.startswith("| tiny | TIGER (random codes) | 40 |") for line in lines)
+    assert any(line.startswith("| tiny | TIGER (paper layout) (random codes) | 40 |") for line in lines)
