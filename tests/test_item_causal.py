@@ -9,7 +9,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.data.interaction import Interaction
 
 from recbole_prorec.data.windows import WindowedSequentialDataset
-from recbole_prorec.model.item_causal import next_items
+from recbole_prorec.model.item_causal import UniformDropout, next_items
 from recbole_prorec.model.prorec import PRORec
 from recbole_prorec.model.tiger import TIGER
 from recbole_prorec.quick_start import sample_validation_users
@@ -145,3 +145,18 @@ def test_trainer_decays_the_learning_rate_over_the_planned_epochs(fast_run_confi
     last = warmup_cosine(steps, 1)(steps)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(config["learning_rate"] * last, abs=1e-12)
     assert trainer.scheduler.last_epoch == steps and not math.isnan(trainer.optimizer.param_groups[0]["lr"])
+
+
+def test_uniform_dropout_drops_at_rate_p_and_keeps_the_expectation():
+    dropout = UniformDropout(0.3)
+    x = torch.ones(200_000)
+    out = dropout(x)
+    assert (out == 0).float().mean().item() == pytest.approx(0.3, abs=0.01)
+    assert out.mean().item() == pytest.approx(1.0, abs=0.01)
+    assert torch.equal(dropout.eval()(x), x)
+
+
+def test_sequence_encoder_uses_uniform_dropout_everywhere(fast_run_config):
+    _, model, _ = prepared(TIGER, fast_run_config)
+    dropouts = [m for m in model.sequence_encoder.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(isinstance(m, UniformDropout) for m in dropouts)

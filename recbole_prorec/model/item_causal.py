@@ -21,6 +21,27 @@ from torch import nn
 CODE_HEADS = ("parallel", "autoregressive")
 
 
+class UniformDropout(nn.Dropout):
+    """`nn.Dropout` whose mask comes from `uniform_` instead of `bernoulli_`: the same distribution, and on CPU the
+    mask costs 2.5-6x less (`bernoulli_` was the largest single cost of a training step in
+    `benchmarks/profile_step.py`)."""
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand(x.shape, device=x.device) >= self.p
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+
+
+def use_uniform_dropout(module):
+    """Replace every `nn.Dropout` inside `module` (RecBole's layers create their own) by `UniformDropout`."""
+    for name, child in module.named_children():
+        if type(child) is nn.Dropout:
+            setattr(module, name, UniformDropout(child.p))
+        else:
+            use_uniform_dropout(child)
+
+
 class SequenceEncoder(nn.Module):
     """SASRec's sequence encoder, returning the state of every position (causal: position t sees items <= t).
 
@@ -42,6 +63,7 @@ class SequenceEncoder(nn.Module):
             hidden_dropout_prob=hidden_dropout_prob, attn_dropout_prob=attn_dropout_prob, hidden_act=hidden_act,
             layer_norm_eps=layer_norm_eps,
         )
+        use_uniform_dropout(self)
 
     def forward(self, item_seq, extra_input=None):
         """`item_seq [B, T]`, `extra_input [B, T, d]` or None -> states `[B, T, d]`."""
