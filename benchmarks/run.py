@@ -67,7 +67,8 @@ def plan(suite, seeds=None, only=None):
             for seed in seeds or suite.get("seeds", [2020]):
                 overrides = {**suite.get("config", {}), **entry.get("config", {}), "seed": seed}
                 overrides.update(suite.get("dataset_config", {}).get(dataset, {}))
-                config_files = list(entry.get("config_files", []))  # named configurations, relative to the repo
+                # named configurations (relative to the repo): the suite's, then the run's
+                config_files = list(suite.get("config_files", [])) + list(entry.get("config_files", []))
                 settings = {**overrides, "config_files": config_files} if config_files else overrides
                 key = f"{label}-{dataset}-seed{seed}-{_digest(settings)}"
                 runs.append({"label": label, "model": entry["model"], "dataset": dataset, "seed": seed,
