@@ -28,9 +28,9 @@ def test_get_model_finds_recbole_builtins_and_lists_models_when_unknown():
 def test_sasrec_runs_one_epoch_and_reports_metrics(fast_run_config):
     result = run("SASRec", "tiny", config_dict=fast_run_config)
     assert result["epochs_run"] == 1
-    assert result["valid_curve"] == [[0, result["best_valid_score"]]]
+    (epoch, score, seconds), = result["valid_curve"]
+    assert (epoch, score) == (0, result["best_valid_score"]) and seconds > 0
     assert set(result["test_result"]) == {f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20)}
-    assert 0.0 <= result["test_result"]["recall@20"] <= 1.0
     checkpoint = compat.load_checkpoint(result["saved_model_file"])
     assert checkpoint["epoch"] == 0 and "state_dict" in checkpoint
     # RecBole's own loader (torch.load with its weights-only default) reads the same file.

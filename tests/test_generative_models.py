@@ -162,7 +162,6 @@ def test_one_epoch_trains_and_evaluates_through_recbole(model_class, layout, fas
     trainer.fit(train_data, valid_data, saved=True, show_progress=False)
     result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
     assert set(result) == {f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20)}
-    assert all(0.0 <= value <= 1.0 for value in result.values())
 
 
 def test_tiger_builds_and_caches_its_semantic_artifact(fast_run_config, monkeypatch):

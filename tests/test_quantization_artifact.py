@@ -5,7 +5,7 @@ import types
 import numpy as np
 import pytest
 
-from recbole_prorec.quantization import ItemCodeArtifact, QuantizationResult, quantize
+from recbole_prorec.quantization import ItemCodeArtifact, quantize
 
 TOKENS = ["[PAD]", "i1", "i2", "i3"]
 
@@ -112,6 +112,3 @@ def test_invalid_artifacts_are_rejected(codes, message):
     with pytest.raises(ValueError, match=message):
         ItemCodeArtifact(codes, TOKENS, np.zeros((4, 3), dtype=np.float32))
 
-
-def test_result_type_is_exported():
-    assert QuantizationResult(np.zeros((1, 2), dtype=np.int64), {}).stats == {}
