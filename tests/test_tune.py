@@ -151,10 +151,6 @@ def test_search_table_is_the_trials_reports_sorted_and_an_error_keeps_the_others
 
 
 def test_two_stage_search_trains_stage_one_once_and_names_it_in_the_best_config(fast_run_config, tmp_path):
-    from recbole_prorec.utils import our_models
-
-    if "PRORec" not in our_models():
-        pytest.skip("PRORec is not registered in recbole_prorec.model yet")
     space = tmp_path / "space.yaml"
     space.write_text("learning_rate: {loguniform: [1e-3, 1e-2]}\nkd_item_weight: {choice: [0.1, 0.5]}\n")
     tiny_model = {
