@@ -59,10 +59,12 @@ def load_suite(name):
 def plan(suite, seeds=None, only=None):
     """Every run of a training suite as a dict: label, model, dataset, seed, overrides and a stable key."""
     runs = []
+    labels = {entry.get("label", entry["model"]) for entry in suite["runs"]}
     for dataset in suite["datasets"]:
         for entry in suite["runs"]:
             label = entry.get("label", entry["model"])
-            if only and label not in only and entry["model"] not in only:
+            # a name in `only` selects the run with that label; a model name that labels no run selects its runs
+            if only and label not in only and (entry["model"] not in only or entry["model"] in labels):
                 continue
             for seed in seeds or suite.get("seeds", [2020]):
                 overrides = {**suite.get("config", {}), **entry.get("config", {}), "seed": seed}

@@ -41,6 +41,9 @@ def test_plan_merges_overrides_and_gives_stable_keys():
     assert len({r["key"] for r in runs}) == 8
     only = runner.plan(suite, seeds=[7], only=["no kd"])
     assert [(r["label"], r["seed"]) for r in only] == [("no kd", 7), ("no kd", 7)]
+    assert {r["label"] for r in runner.plan(suite, only=["PRORec"])} == {"no kd"}  # a model name labelling no run
+    suite["runs"].append({"model": "PRORec"})  # now "PRORec" is also a label: it selects that run alone
+    assert {r["label"] for r in runner.plan(suite, only=["PRORec"])} == {"PRORec"}
 
 
 def test_named_configuration_files_are_part_of_a_run_and_its_key():
