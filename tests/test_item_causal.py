@@ -14,7 +14,7 @@ from recbole_prorec.model.prorec import PRORec
 from recbole_prorec.model.tiger import TIGER
 from recbole_prorec.quick_start import sample_validation_users
 from recbole_prorec.trainer import warmup_cosine
-from tests.test_generative_models import make_config, prepared
+from tests.test_generative_models import BEAM_LAYOUTS, make_config, prepared
 
 DETERMINISTIC = {"bf16": False, "hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0}
 
@@ -160,3 +160,16 @@ def test_sequence_encoder_uses_uniform_dropout_everywhere(fast_run_config):
     _, model, _ = prepared(TIGER, fast_run_config)
     dropouts = [m for m in model.sequence_encoder.modules() if isinstance(m, torch.nn.Dropout)]
     assert dropouts and all(isinstance(m, UniformDropout) for m in dropouts)
+
+
+@pytest.mark.parametrize("layout", [{}, BEAM_LAYOUTS[0]], ids=["item_causal", "seq2seq"])
+def test_item_distillation_state_has_not_seen_the_target_codes(fast_run_config, layout):
+    _, model, (train_data, _, _) = prepared(PRORec, fast_run_config, **layout, **DETERMINISTIC)
+    model.eval()
+    interaction = next(iter(train_data))
+    other_targets = interaction[model.POS_ITEM_ID] % (model.n_items - 1) + 1  # a different real item each
+    changed = Interaction({**interaction.interaction, model.POS_ITEM_ID: other_targets})
+    with torch.no_grad():
+        original, moved = model.generation_step(interaction), model.generation_step(changed)
+    assert not torch.equal(original.target_items, moved.target_items)
+    torch.testing.assert_close(moved.target_state, original.target_state)
