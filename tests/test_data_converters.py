@@ -231,6 +231,18 @@ def test_malformed_2014_meta_line_is_named(tmp_path):
         convert(raw, tmp_path / "out", "x", kcore=0)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_truncated_or_corrupt_gzip_input_is_named_and_nothing_is_written(tmp_path, damage):
+    raw = tmp_path / "raw"
+    make_2014(raw, [(f"u{i}", f"i{i % 7}", i) for i in range(2000)], [{"asin": "i1", "title": "ok"}])
+    reviews = raw / "reviews_Beauty_5.json.gz"
+    data = reviews.read_bytes()
+    reviews.write_bytes(data[: len(data) // 2] if damage == "truncated" else data[:20] + b"\x00" * 64 + data[84:])
+    with pytest.raises(ConversionError, match=r"reviews_Beauty_5.json.gz: unreadable gzip file, truncated or corrupt"):
+        convert(raw, tmp_path / "out", "beauty", kcore=0)
+    assert not (tmp_path / "out").exists()
+
+
 def test_repeated_user_item_pairs_keep_the_earliest_and_are_counted(tmp_path, caplog):
     raw = tmp_path / "raw"
     make_2014(raw, [("u1", "a", 30), ("u1", "b", 20), ("u1", "a", 10), ("u1", "a", 10)], [])

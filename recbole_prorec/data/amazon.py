@@ -16,6 +16,7 @@ and k-core filtering are done once, downstream, for all formats.
 import ast
 import dataclasses
 import gzip
+import zlib
 import json
 import math
 import pathlib
@@ -131,23 +132,34 @@ def _find_p5_meta(folder):
 
 
 def _parsed_lines(path, parse, what, stats, skip_malformed):
-    """Yield what `parse(line_text)` returns for each non-blank line; malformed lines raise or are counted."""
+    """Yield what `parse(line_text)` returns for each non-blank line; malformed lines raise or are counted.
+
+    A file that cannot be read to its end (a truncated or corrupt gzip stream, an I/O error) is a
+    `ConversionError` naming it: conversion writes its output only after every input has been read.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as lines:
-        for line_no, raw in enumerate(tqdm(lines, desc=path.name, unit=" lines", disable=None, leave=False), 1):
-            if not raw.strip():
-                continue
-            try:
-                parsed = parse(raw.decode("utf-8"))
-            except (ValueError, SyntaxError, TypeError, KeyError, RecursionError) as error:
-                if not skip_malformed:
-                    raise ConversionError(
-                        f"{path}, line {line_no}: malformed line ({type(error).__name__}: {error}); expected {what}. "
-                        "Pass skip_malformed=True (CLI: --skip-malformed) to skip such lines."
-                    ) from error
-                stats.skipped_lines += 1
-                continue
-            yield from parsed
+    try:
+        with opener(path, "rb") as lines:
+            for line_no, raw in enumerate(tqdm(lines, desc=path.name, unit=" lines", disable=None, leave=False), 1):
+                if not raw.strip():
+                    continue
+                try:
+                    parsed = parse(raw.decode("utf-8"))
+                except (ValueError, SyntaxError, TypeError, KeyError, RecursionError) as error:
+                    if not skip_malformed:
+                        raise ConversionError(
+                            f"{path}, line {line_no}: malformed line ({type(error).__name__}: {error}); expected "
+                            f"{what}. Pass skip_malformed=True (CLI: --skip-malformed) to skip such lines."
+                        ) from error
+                    stats.skipped_lines += 1
+                    continue
+                yield from parsed
+    except (EOFError, OSError, zlib.error) as error:
+        kind = "gzip file" if path.suffix == ".gz" else "file"
+        raise ConversionError(
+            f"{path}: unreadable {kind}, truncated or corrupt ({type(error).__name__}: {error}); replace it with a "
+            "complete copy. Nothing was written."
+        ) from error
 
 
 def _token(record, key):
