@@ -173,3 +173,17 @@ def test_item_distillation_state_has_not_seen_the_target_codes(fast_run_config, 
         original, moved = model.generation_step(interaction), model.generation_step(changed)
     assert not torch.equal(original.target_items, moved.target_items)
     torch.testing.assert_close(moved.target_state, original.target_state)
+
+
+def test_warm_started_code_head_starts_at_the_mean_item_embedding_of_each_code(fast_run_config):
+    _, model, _ = prepared(PRORec, fast_run_config, warm_start_head=True)
+    items = torch.from_numpy(model.artifact.encoder["item_embedding.weight"])
+    codes, head = model.item_codes, model.code_head
+    for level in range(head.num_levels):
+        start = int(head.level_starts[level])
+        for code in range(head.codebook_sizes[level]):
+            expected = items[(codes[:, level] == code)].mean(0)
+            torch.testing.assert_close(head.output.weight[start + code], expected)
+    assert head.output.bias.abs().sum() == 0
+    with pytest.raises(ValueError, match="parallel code head"):
+        prepared(PRORec, fast_run_config, warm_start_head=True, code_head="autoregressive")

@@ -135,6 +135,22 @@ class CodeHead(nn.Module):
         logits = F.linear(hidden, self.output.weight[rows], self.output.bias[rows])
         return logits.float().log_softmax(-1)
 
+    @torch.no_grad()
+    def start_from_item_embeddings(self, item_embeddings, item_codes):
+        """Set level l's output vector of code k to the mean of `item_embeddings` over the items whose level-l code
+        is k (`item_codes [item_num, L]`, padding rows -1), biases to 0: with states from a model that scores items
+        by `state . embedding`, the untrained head then scores codes the same way (parallel head only)."""
+        if self.autoregressive:
+            raise ValueError("starting the code head from item embeddings needs the parallel code head")
+        real = (item_codes >= 0).all(1)
+        embeddings, codes = item_embeddings[real].float(), item_codes[real]
+        for level, size in enumerate(self.codebook_sizes):
+            sums = embeddings.new_zeros(size, embeddings.shape[1]).index_add_(0, codes[:, level], embeddings)
+            counts = torch.bincount(codes[:, level], minlength=size).clamp(min=1).unsqueeze(1)
+            start = int(self.level_starts[level])
+            self.output.weight[start : start + size] = sums / counts
+            self.output.bias[start : start + size] = 0
+
     def code_log_probs(self, state, codes):
         """Teacher-forced `state [N, d]`, `codes [N, L]` -> `[N, L]` log-probability of each code."""
         return torch.stack(

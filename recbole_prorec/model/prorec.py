@@ -56,7 +56,8 @@ class PRORec(TIGER):
     removes its term and its projection (ablation).
 
     Stage 1 beyond its codes (`item_causal` layout; the artifact carries the tokenizer's SASRec encoder):
-    `warm_start` initialises the sequence encoder, item-ID embeddings included, from it; `stage_one_fusion`
+    `warm_start` initialises the sequence encoder, item-ID embeddings included, from it (and with
+    `warm_start_head` the parallel code head from the mean stage-1 item embedding of each code); `stage_one_fusion`
     = w > 0 ranks by `(1 - w) * log p(codes) + w * log_softmax(stage-1 scores)` with a frozen copy of the
     stage-1 model, a score fusion that benchmarks must label as such, not as PRORec alone.
     """
@@ -81,11 +82,15 @@ class PRORec(TIGER):
         used = [key for key, value in stage_one_options.items() if value]
         if used and self.layout != "item_causal":
             raise ValueError(f"{', '.join(used)} need layout 'item_causal' (the stage-1 encoder's shape), got {self.layout!r}")
+        if config["warm_start_head"] and not config["warm_start"]:
+            raise ValueError("warm_start_head starts the code head from stage 1's item embeddings: set warm_start too")
         source = f"tokenizer_artifact {config['tokenizer_artifact']}"
         if config["warm_start"]:
             if self.sequence_encoder.item_embedding is None:
                 raise ValueError("warm_start copies stage 1's item-ID embeddings too: set item_id_input: True")
             self.sequence_encoder.load_stage_one(self.artifact.encoder, source)
+            if config["warm_start_head"]:
+                self.code_head.start_from_item_embeddings(self.sequence_encoder.item_embedding.weight, self.item_codes)
         self.stage_one_encoder = None
         if self.stage_one_fusion > 0:
             if not 0 < self.stage_one_fusion < 1:
