@@ -1,0 +1,243 @@
+"""Pre-compute every user's top-K from a trained RecBole checkpoint (ours or a built-in model) into a store.
+
+A generative recommender costs milliseconds of beam search per request, so Semantic Convergence serves it by
+computing every user's top-K ahead of time; any sequential model here can be served the same way.
+
+The view of a user (`split`): `all` (default) is what a live service has after the user's last interaction: the
+last `MAX_ITEM_LIST_LENGTH` items of the whole sequence, the test item included; `test` is the evaluation's view
+(the history before the test item), which reproduces the model's test ranking. Ids in the store are the
+dataset's tokens, not RecBole's internal ids.
+"""
+
+import csv
+import datetime
+import hashlib
+import logging
+import pathlib
+import pickle
+import time
+import zipfile
+
+import numpy as np
+import torch
+from recbole.data.interaction import Interaction
+from recbole.model.abstract_recommender import SequentialRecommender
+from tqdm import tqdm
+
+from recbole_prorec.serve.store import RecommendationStore, StoreError, write_store
+
+logger = logging.getLogger(__name__)
+SPLITS = ("all", "test")
+
+
+class PrecacheError(ValueError):
+    """A checkpoint, option or input file that pre-computation cannot use."""
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_recommender(checkpoint, overrides=None):
+    """`(config, model, dataset, test_dataset)` from a RecBole checkpoint, or a `PrecacheError` naming the file."""
+    from recbole_prorec.evaluate import load_data_and_model
+
+    path = pathlib.Path(checkpoint)
+    if not path.is_file():
+        raise PrecacheError(f"{path}: no such checkpoint file")
+    try:
+        config, model, dataset, (_, _, test_data) = load_data_and_model(path, overrides)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, KeyError, TypeError) as error:
+        raise PrecacheError(f"{path}: not a RecBole checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(model, SequentialRecommender):
+        raise PrecacheError(f"{path}: a {config['model']} checkpoint; pre-computation serves sequential recommenders")
+    return config, model, dataset, test_data.dataset
+
+
+def user_histories(model, test_dataset, split="all"):
+    """`(users [U], item_seq [U, T], item_seq_len [U])` in internal ids, one row per user, in `split`'s view."""
+    if split not in SPLITS:
+        raise PrecacheError(f"split must be one of {SPLITS}, got {split!r}")
+    data = test_dataset.inter_feat
+    users, item_seq = data[model.USER_ID].clone(), data[model.ITEM_SEQ].clone()
+    lengths = data[model.ITEM_SEQ_LEN].clone()
+    if split == "test":
+        return users, item_seq, lengths
+    last_items = data[model.ITEM_ID]  # the test item: the user's most recent interaction
+    full = lengths == item_seq.shape[1]
+    item_seq[full] = torch.roll(item_seq[full], -1, dims=1)  # drop the oldest item of full windows
+    positions = torch.where(full, lengths - 1, lengths)
+    item_seq[torch.arange(len(users)), positions] = last_items
+    return users, item_seq, torch.clamp(lengths + 1, max=item_seq.shape[1])
+
+
+@torch.no_grad()
+def top_k(model, users, item_seq, lengths, k, batch_size=1024, progress=True):
+    """`(items [U, k], scores [U, k])` internal ids and scores, best first; beam positions that found no item
+    (score -inf, when k exceeds a generative model's `beam_size`) have item 0."""
+    model.eval()
+    item_parts, score_parts = [], []
+    for start in tqdm(range(0, len(users), batch_size), desc="top-K", unit=" batches", disable=not progress):
+        rows = slice(start, start + batch_size)
+        interaction = Interaction({model.USER_ID: users[rows], model.ITEM_SEQ: item_seq[rows],
+                                   model.ITEM_SEQ_LEN: lengths[rows]})
+        scores = model.full_sort_predict(interaction).float()  # [b, n_items]
+        scores[:, 0] = -torch.inf  # the padding item
+        values, items = scores.topk(k, dim=1)
+        item_parts.append(items.masked_fill(torch.isinf(values), 0))
+        score_parts.append(values)
+    return torch.cat(item_parts), torch.cat(score_parts)
+
+
+def store_rows(user_tokens, items, scores, histories, item_tokens):
+    """Store rows `(user, item tokens, scores, history tokens)`; beam positions that found no item are dropped."""
+    for user, ranked, values, history in zip(user_tokens, items, scores, histories):
+        found = ranked > 0
+        yield (user, [str(t) for t in item_tokens[ranked[found].numpy()]],
+               [round(float(s), 6) for s in values[found]], history)
+
+
+def popular_items(dataset, count=100):
+    """The `count` items most often interacted with, `[(token, interactions)]` (the unknown-user answer).
+
+    Counted over the sequential samples' targets: every interaction but each user's first.
+    """
+    counts = torch.bincount(dataset.inter_feat[dataset.iid_field], minlength=dataset.item_num)
+    counts[0] = 0
+    values, ids = counts.topk(min(count, dataset.item_num - 1))
+    tokens = dataset.field2id_token[dataset.iid_field]
+    return [(str(tokens[i]), int(v)) for i, v in zip(ids.tolist(), values.tolist())]
+
+
+def score_shard(checkpoint, users, item_seq, lengths, k, batch_size, overrides=None):
+    """Load the checkpoint and rank one shard of users: the unit of work of one Ray worker."""
+    _, model, _, _ = load_recommender(checkpoint, overrides)
+    return top_k(model, users, item_seq, lengths, k, batch_size, progress=False)
+
+
+def ray_top_k(checkpoint, users, item_seq, lengths, k, batch_size, workers, address=None, overrides=None):
+    """`top_k` with users sharded over `workers` Ray tasks, each loading the checkpoint once."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = ray.remote(num_cpus=1)(score_shard)
+        shards = np.array_split(np.arange(len(users)), workers)
+        futures = [remote.remote(str(checkpoint), users[s], item_seq[s], lengths[s], k, batch_size, overrides)
+                   for s in shards if len(s)]
+        results = ray.get(futures)
+    finally:
+        if started_here:
+            ray.shutdown()
+    return torch.cat([items for items, _ in results]), torch.cat([scores for _, scores in results])
+
+
+def precache(checkpoint, store, k=50, split="all", batch_size=1024, workers=0, address=None, overrides=None):
+    """Compute every user's top-`k` from `checkpoint` and write `store` atomically; returns the store's meta.
+
+    `workers > 0` (a local Ray with that many CPUs) or `address` (an existing Ray cluster) shards users over Ray
+    workers; the driver writes the store. The result equals a one-process run.
+    """
+    from recbole_prorec import __version__
+
+    config, model, dataset, test_dataset = load_recommender(checkpoint, overrides)
+    users, item_seq, lengths = user_histories(model, test_dataset, split)
+    if k > model.n_items - 1:
+        raise PrecacheError(f"k ({k}) is larger than the number of items ({model.n_items - 1})")
+    start = time.perf_counter()
+    if workers or address:
+        items, scores = ray_top_k(checkpoint, users, item_seq, lengths, k, batch_size, workers or 1, address, overrides)
+    else:
+        items, scores = top_k(model, users, item_seq, lengths, k, batch_size)
+    seconds = time.perf_counter() - start
+    meta = {
+        "model": config["model"], "dataset": config["dataset"], "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint), "k": k, "split": split, "users": len(users),
+        "max_history": int(item_seq.shape[1]), "seconds": round(seconds, 3), "project_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    item_tokens = test_dataset.field2id_token[test_dataset.iid_field]
+    user_tokens = (str(t) for t in test_dataset.field2id_token[test_dataset.uid_field][users.numpy()])
+    histories = ([str(t) for t in item_tokens[seq[:n].numpy()]] for seq, n in zip(item_seq, lengths))
+    write_store(store, meta, store_rows(user_tokens, items, scores, histories, item_tokens), popular_items(dataset))
+    logger.info(f"pre-computed the top-{k} of {len(users)} users in {seconds:.1f} s into {store}")
+    return meta
+
+
+def read_new_interactions(path, user_field, item_field, time_field):
+    """`{user token: [item tokens in time order]}` from an atomic `.inter` file (tab-separated, typed header)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise PrecacheError(f"{path}: no such interactions file")
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = [name.split(":")[0] for name in next(reader, [])]
+        missing = [field for field in (user_field, item_field) if field not in header]
+        if missing:
+            raise PrecacheError(f"{path}, line 1: header {header} lacks {missing} (an atomic .inter header, e.g. "
+                                f"'{user_field}:token<TAB>{item_field}:token<TAB>{time_field}:float')")
+        columns = {name: header.index(name) for name in (user_field, item_field, time_field) if name in header}
+        events = []
+        for line_no, values in enumerate(reader, 2):
+            if not values:
+                continue
+            if len(values) != len(header):
+                raise PrecacheError(f"{path}, line {line_no}: {len(values)} fields, the header has {len(header)}")
+            when = 0.0
+            if time_field in columns:
+                try:
+                    when = float(values[columns[time_field]])
+                except ValueError:
+                    raise PrecacheError(f"{path}, line {line_no}: timestamp {values[columns[time_field]]!r} "
+                                        "is not a number") from None
+            events.append((values[columns[user_field]], when, line_no, values[columns[item_field]]))
+    new_items = {}
+    for user, _, _, item in sorted(events):
+        new_items.setdefault(user, []).append(item)
+    return new_items
+
+
+def refresh(checkpoint, store, interactions, batch_size=1024, overrides=None):
+    """Append new interactions to the store's histories and recompute only those users, in one transaction.
+
+    Items the checkpoint does not know are skipped (counted). Users the store does not know get a row from their
+    new interactions alone. Returns `{"users": recomputed, "skipped_items": n}`.
+    """
+    config, model, _, test_dataset = load_recommender(checkpoint, overrides)
+    with RecommendationStore(store, writable=True) as target:
+        if target.meta["checkpoint_sha256"] != file_sha256(checkpoint):
+            raise StoreError(f"{store} was computed from {target.meta['checkpoint']} (another sha256 than "
+                             f"{checkpoint}): refresh it with the checkpoint it was computed from")
+        new_items = read_new_interactions(interactions, config["USER_ID_FIELD"], config["ITEM_ID_FIELD"],
+                                          config["TIME_FIELD"])
+        item_ids = {str(token): index for index, token in enumerate(test_dataset.field2id_token[test_dataset.iid_field])}
+        user_ids = {str(token): index for index, token in enumerate(test_dataset.field2id_token[test_dataset.uid_field])}
+        length = target.meta["max_history"]
+        users, sequences, skipped = [], [], 0
+        for user, items in new_items.items():
+            known = [item for item in items if item in item_ids and item_ids[item] > 0]
+            skipped += len(items) - len(known)
+            if known:
+                users.append(user)
+                sequences.append((target.history(user) + known)[-length:])
+        if not users:
+            return {"users": 0, "skipped_items": skipped}
+        item_seq = torch.zeros(len(users), length, dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            item_seq[row, : len(sequence)] = torch.tensor([item_ids[item] for item in sequence])
+        lengths = torch.tensor([len(sequence) for sequence in sequences])
+        internal_users = torch.tensor([user_ids.get(user, 0) for user in users])
+        items, scores = top_k(model, internal_users, item_seq, lengths, target.meta["k"], batch_size, progress=False)
+        item_tokens = test_dataset.field2id_token[test_dataset.iid_field]
+        target.replace_rows(store_rows(users, items, scores, sequences, item_tokens))
+    logger.info(f"refreshed {len(users)} users of {store} ({skipped} interactions with unknown items skipped)")
+    return {"users": len(users), "skipped_items": skipped}
