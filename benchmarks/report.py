@@ -281,6 +281,13 @@ def speed_section(suite_name, suite, records, plots_dir):
     return speed.report_lines(suite_name, suite, records, plots_dir)
 
 
+def serving_section(suite_name, suite, records):
+    sys.path.insert(0, str(BENCHMARKS))
+    import serving
+
+    return serving.report_lines(suite_name, suite, records)
+
+
 def domination_section(path, results_dir):
     """Markdown for one `python -m recbole_prorec.analysis` output folder under results/domination/<name>/."""
     with open(path, encoding="utf-8") as f:
@@ -313,6 +320,8 @@ def build_report(results_dir=BENCHMARKS / "results", suites_dir=BENCHMARKS / "su
         suite = load_yaml(pathlib.Path(suites_dir) / f"{suite_name}.yaml")
         if suite.get("kind") == "speed":
             lines += speed_section(suite_name, suite, suite_records, plots_dir)
+        elif suite.get("kind") == "serving":
+            lines += serving_section(suite_name, suite, suite_records)
         else:
             lines += training_section(suite_name, suite, suite_records, references, plots_dir)
     dominations = sorted(pathlib.Path(results_dir).glob("domination/*/domination.json"))

@@ -46,7 +46,7 @@ def load_suite(name):
         raise SystemExit(f"No suite '{name}': expected {path}. Suites: {known}")
     with open(path, encoding="utf-8") as f:
         suite = yaml.safe_load(f) or {}
-    if suite.get("kind", "train") == "train":
+    if suite.get("kind", "train") == "train":  # speed and serving suites are checked where they run
         for key in ("datasets", "runs"):
             if not suite.get(key):
                 raise SystemExit(f"{path}: key '{key}' is missing or empty")
@@ -246,6 +246,11 @@ def main(argv=None):
         import speed
 
         return speed.run_suite(args.suite, suite, RESULTS / f"{args.suite}.jsonl", device=args.device)
+    if suite.get("kind") == "serving":
+        sys.path.insert(0, str(BENCHMARKS))
+        import serving
+
+        return serving.run_suite(args.suite, suite, RESULTS / f"{args.suite}.jsonl")
     RESULTS.mkdir(parents=True, exist_ok=True)
     results_file = RESULTS / f"{args.suite}.jsonl"
     runs = plan(suite, args.seeds, args.only)

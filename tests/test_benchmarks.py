@@ -200,3 +200,17 @@ def test_dataset_measurement_times_both_tiger_layouts_over_random_codes(fast_run
     lines = speed.report_lines("speed", {}, [sasrec, tiger, tiger_paper], pathlib.Path("unused"))
     assert any(line.startswith("| tiny | TIGER (random codes) | 40 |") for line in lines)
     assert any(line.startswith("| tiny | TIGER (paper layout) (random codes) | 40 |") for line in lines)
+
+
+def test_serving_measurement_records_precache_lookup_and_online_latency(fast_run_config):
+    from recbole_prorec.quick_start import run
+
+    sys.path.insert(0, str(pathlib.Path(runner.__file__).parent))
+    import serving
+
+    checkpoint = run("SASRec", "tiny", config_dict=fast_run_config)["saved_model_file"]
+    record = serving.measure(checkpoint, "SASRec", k=5, workers=0, lookups=50, single_users=5)  # Ray: test_serve
+    assert record["users"] == 40 and record["store_mb"] > 0 and record["precache_seconds"] > 0
+    assert 0 < record["lookup_p50_ms"] <= record["lookup_p99_ms"] and record["online_p50_ms"] > 0
+    lines = serving.report_lines("serving", {}, [record])
+    assert any(line.startswith("| tiny | SASRec | 40 |") for line in lines)
