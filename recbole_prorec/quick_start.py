@@ -220,6 +220,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
         "test_result": dict(test_result or {}),
         "epochs_run": len(clock.train_seconds),
         "max_epochs": config["epochs"],
+        "lr_schedule": config["lr_schedule"] or "constant",
         "stopping_step": config["stopping_step"],
         "best_valid_epoch": best_epoch,
         "valid_curve": [list(point) for point in valid_scores],

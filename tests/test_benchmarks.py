@@ -142,6 +142,14 @@ def test_report_means_over_seeds_bolds_the_best_and_shows_the_improvement(tmp_pa
     assert (tmp_path / "plots" / "main-d.png").stat().st_size > 0
 
 
+def test_epoch_note_tells_early_stopping_from_a_cap_and_a_schedule_end():
+    record = _record("x", 0, 0.1)
+    assert report.epoch_note(record) == ""  # 8 of 10 epochs: stopped early
+    record["epochs_run"] = 10
+    assert report.epoch_note(record) == " (cap)"
+    assert report.epoch_note({**record, "lr_schedule": "cosine"}) == " (schedule end)"
+
+
 def test_ablation_report_shows_stage_one_rows_and_changes_against_the_full_model(tmp_path):
     results, suites = tmp_path / "results", tmp_path / "suites"
     results.mkdir()
