@@ -220,3 +220,19 @@ def test_prorec_run_trains_the_tokenizer_first_then_reuses_its_artifact(fast_run
     kmeans_on_concat = tokenize.main(["--checkpoint", first["stage_one"]["saved_model_file"], "--code_source",
                                       "concat", "--quantizer", "rkmeans"])  # the checkpoint's quantizer: same key
     assert kmeans_on_concat["path"] == rebuilt["path"]
+
+
+def test_a_checkpoint_refuses_an_artifact_with_other_codes(fast_run_config, caplog):
+    config, model, (train_data, _, _) = prepared(TIGER, fast_run_config)
+    state = model.state_dict()
+    assert "artifact_sha256" in state
+    same = TIGER(config, train_data._dataset)
+    same.load_state_dict(state)  # the codes it was trained on: loads
+    write_artifact(train_data._dataset, config["tokenizer_artifact"], seed=1)  # rebuilt differently, same path
+    rebuilt = TIGER(config, train_data._dataset)
+    assert not torch.equal(rebuilt.item_codes, model.item_codes)
+    with pytest.raises(ValueError, match=r"checkpoint was trained on item codes with sha256 .* but the artifact"):
+        rebuilt.load_state_dict(state)
+    older = {k: v for k, v in state.items() if k != "artifact_sha256"}  # saved before the digest was recorded
+    same.load_state_dict(older)
+    assert "not verified" in caplog.text

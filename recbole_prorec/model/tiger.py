@@ -125,6 +125,8 @@ class TIGER(SequentialRecommender):
         item_codes = torch.from_numpy(self.artifact.codes)  # [item_num, L], row 0 all -1
         self.code_index = CodeIndex(item_codes)
         self.register_buffer("item_codes", item_codes, persistent=False)
+        # saved with the weights: a checkpoint names the codes it was trained on (see load_state_dict)
+        self.register_buffer("artifact_sha256", torch.tensor(list(bytes.fromhex(self.artifact.digest)), dtype=torch.uint8))
         if self.layout == "seq2seq":
             self.seq2seq = CodeSeq2Seq(
                 self.code_index.codebook_sizes,
@@ -159,8 +161,28 @@ class TIGER(SequentialRecommender):
 
     def load_artifact(self, config, dataset):
         """The item-code artifact at `tokenizer_artifact`; when unset, TIGER's RQ-VAE semantic IDs (cached)."""
-        path = config["tokenizer_artifact"] or build_semantic_artifact(dataset, config)
-        return ItemCodeArtifact.load(path, dataset)
+        self.artifact_path = config["tokenizer_artifact"] or build_semantic_artifact(dataset, config)
+        return ItemCodeArtifact.load(self.artifact_path, dataset)
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """Refuse weights trained on other item codes than this model's artifact (a rebuilt or replaced cache).
+
+        The item codes are not part of the weights (they come from `tokenizer_artifact`); the checkpoint's
+        `artifact_sha256` says which codes the weights belong to. Checkpoints older than that buffer load with a
+        warning that their codes cannot be verified.
+        """
+        saved = state_dict.get("artifact_sha256")
+        if saved is None:
+            logger.warning("checkpoint has no artifact_sha256 (saved before it was recorded): its item codes are not "
+                           "verified against %s", self.artifact_path)
+            state_dict = {**state_dict, "artifact_sha256": self.artifact_sha256}
+        elif not torch.equal(saved.to(self.artifact_sha256.device), self.artifact_sha256):
+            raise ValueError(
+                f"checkpoint was trained on item codes with sha256 {bytes(saved.tolist()).hex()[:16]}..., but the "
+                f"artifact {self.artifact_path} has {self.artifact.digest[:16]}...: point tokenizer_artifact at the "
+                "artifact it was trained with (a rebuilt artifact may assign other codes)"
+            )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def on_training_end(self, dataset):
         """The code statistics of the artifact this model generated over, reported with the run's results."""

@@ -101,6 +101,11 @@ class ItemCodeArtifact:
         return cls(codes, list(item_tokens), embeddings, dict(config or {}), result.stats, dict(encoder or {}))
 
     @property
+    def digest(self):
+        """sha256 (hex) of every array: what a stage-2 checkpoint records to recognise the codes it was trained on."""
+        return _digest(self.codes, self.embeddings, self.encoder)
+
+    @property
     def codebook_sizes(self):
         """Vocabulary size per code level (max code + 1 per column; the last is the collision level)."""
         return [int(c) + 1 for c in self.codes.max(0)]
@@ -112,7 +117,7 @@ class ItemCodeArtifact:
             "item_tokens": self.item_tokens,
             "config": self.config,
             "stats": self.stats,
-            "arrays_sha256": _digest(self.codes, self.embeddings, self.encoder),
+            "arrays_sha256": self.digest,
         }
         text = json.dumps(meta, default=_json_default, indent=1).encode()  # serialise first: fail before writing
         arrays = io.BytesIO()
