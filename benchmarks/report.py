@@ -75,9 +75,15 @@ def with_stage_one(records):
         expanded.append(record)
         stage_one = record.get("stage_one")
         if stage_one:
-            expanded.append({**stage_one, "label": f"{record['label']}: stage 1 ({stage_one['model']})",
-                             "stage_one_of": record["label"], "git_commit": record.get("git_commit"),
-                             "finished_at": record.get("finished_at")})
+            expanded.append(
+                {
+                    **stage_one,
+                    "label": f"{record['label']}: stage 1 ({stage_one['model']})",
+                    "stage_one_of": record["label"],
+                    "git_commit": record.get("git_commit"),
+                    "finished_at": record.get("finished_at"),
+                }
+            )
     return expanded
 
 
@@ -96,15 +102,20 @@ def group_rows(records):
         by_label.setdefault(record["label"], []).append(record)
     rows = []
     for label, runs in by_label.items():
-        row = {"label": label, "model": runs[0].get("model", label), "seeds": sorted(r["seed"] for r in runs),
-               "runs": runs}
+        row = {
+            "label": label,
+            "model": runs[0].get("model", label),
+            "seeds": sorted(r["seed"] for r in runs),
+            "runs": runs,
+        }
         for metric in METRICS:
             row[metric] = mean_std([r["test_result"][metric] for r in runs if metric in r["test_result"]])
         row["epochs"] = " / ".join(f"{r['best_valid_epoch']}/{r['epochs_run']}{epoch_note(r)}" for r in runs)
         row["train_s"] = mean_std([r["train_seconds_per_epoch"] for r in runs])[0]
         row["eval_s"] = mean_std([r["test_eval_seconds"] for r in runs])[0]
-        row["fit_s"] = mean_std([(r["train_seconds_per_epoch"] + r["valid_seconds_per_epoch"]) * r["epochs_run"]
-                                 for r in runs])[0]
+        row["fit_s"] = mean_std(
+            [(r["train_seconds_per_epoch"] + r["valid_seconds_per_epoch"]) * r["epochs_run"] for r in runs]
+        )[0]
         row["rss"] = max(r["peak_rss_mb"] for r in runs)
         rows.append(row)
     return rows
@@ -118,15 +129,17 @@ def improvement(rows, proposed, baselines):
     change = {}
     for metric in METRICS:
         ours = by_label[proposed][metric][0]
-        best = max((by_label[b][metric][0] for b in baselines if b in by_label and by_label[b][metric][0] is not None),
-                   default=None)
+        best = max(
+            (by_label[b][metric][0] for b in baselines if b in by_label and by_label[b][metric][0] is not None),
+            default=None,
+        )
         if ours is not None and best:
             change[metric] = 100.0 * (ours - best) / best
     return change
 
 
 def change_against(row, rows, compare_to, metric="ndcg@10"):
-    """"+x.x%": `row`'s `metric` against the row that `compare_to` names for its model ("" when none applies)."""
+    """ "+x.x%": `row`'s `metric` against the row that `compare_to` names for its model ("" when none applies)."""
     reference = next((r for r in rows if r["label"] == compare_to.get(row["model"])), None)
     if reference is None or reference is row or not reference[metric][0] or row[metric][0] is None:
         return ""
@@ -140,15 +153,23 @@ def metric_table(rows, published, compare_to=None):
     row's N@10 change against that row.
     """
     best = {m: max((row[m][0] for row in rows if row[m][0] is not None), default=None) for m in METRICS}
-    header = ["model", "seeds"] + [short_name(m) for m in METRICS] + [
-        "best/run epochs", "s / train epoch", "train+valid min", "test eval s", "peak RSS MB"] + (
-        ["N@10 vs full"] if compare_to else [])
+    header = (
+        ["model", "seeds"]
+        + [short_name(m) for m in METRICS]
+        + ["best/run epochs", "s / train epoch", "train+valid min", "test eval s", "peak RSS MB"]
+        + (["N@10 vs full"] if compare_to else [])
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["label"], str(len(row["seeds"]))]
         cells += [format_value(*row[m], bold=row[m][0] is not None and row[m][0] == best[m]) for m in METRICS]
-        cells += [row["epochs"], f"{row['train_s']:.0f}", f"{row['fit_s'] / 60:.1f}", f"{row['eval_s']:.0f}",
-                  f"{row['rss']:.0f}"]
+        cells += [
+            row["epochs"],
+            f"{row['train_s']:.0f}",
+            f"{row['fit_s'] / 60:.1f}",
+            f"{row['eval_s']:.0f}",
+            f"{row['rss']:.0f}",
+        ]
         cells += [change_against(row, rows, compare_to)] if compare_to else []
         lines.append("| " + " | ".join(cells) + " |")
     for ref in published:
@@ -223,19 +244,26 @@ def code_table(rows):
     lines = []
     for row in rows:
         record = row["runs"][0]
-        stats = (record.get("artifact") or {}).get("stats") or ((record.get("stage_one") or {}).get("artifact") or {}).get("stats")
+        stats = (record.get("artifact") or {}).get("stats") or (
+            (record.get("stage_one") or {}).get("artifact") or {}
+        ).get("stats")
         if not stats:
             continue
         utilization = ", ".join(f"{u:.2f}" for u in stats["utilization"])
         perplexity = ", ".join(f"{p:.0f}" for p in stats["perplexity"])
-        lines.append(f"| {row['label']} | {stats['method']} | {stats['levels']} x {stats['codebook_size']} | "
-                     f"{stats['collision_rate_before']:.4f} → {stats['collision_rate_after']:.4f} | "
-                     f"{stats['max_collision_index']} | {utilization} | {perplexity} | "
-                     f"{stats.get('reconstruction_error', float('nan')):.4f} |")
+        lines.append(
+            f"| {row['label']} | {stats['method']} | {stats['levels']} x {stats['codebook_size']} | "
+            f"{stats['collision_rate_before']:.4f} → {stats['collision_rate_after']:.4f} | "
+            f"{stats['max_collision_index']} | {utilization} | {perplexity} | "
+            f"{stats.get('reconstruction_error', float('nan')):.4f} |"
+        )
     if not lines:
         return []
-    header = ["| codes of | quantizer | levels x codes | collision rate before → after | max collision index | "
-              "utilization per level | perplexity per level | reconstruction MSE |", "|---|---|---|---|---|---|---|---|"]
+    header = [
+        "| codes of | quantizer | levels x codes | collision rate before → after | max collision index | "
+        "utilization per level | perplexity per level | reconstruction MSE |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     return ["Item codes (first seed's artifact):", ""] + header + lines + [""]
 
 
@@ -259,8 +287,10 @@ def training_section(suite_name, suite, records, references, plots_dir):
             change = improvement(rows, proposed, suite.get("baselines", []))
             if change:
                 against = ", ".join(b for b in suite.get("baselines", []) if b in {r["label"] for r in rows})
-                lines.append(f"{proposed} vs the best of ({against}) per column: "
-                             + ", ".join(f"{short_name(m)} {v:+.1f}%" for m, v in change.items()))
+                lines.append(
+                    f"{proposed} vs the best of ({against}) per column: "
+                    + ", ".join(f"{short_name(m)} {v:+.1f}%" for m, v in change.items())
+                )
                 lines.append("")
         plot = plots_dir / f"{suite_name}-{dataset}.png"
         plot_metrics(rows, f"{suite_name}: {dataset}", plot)
@@ -269,12 +299,18 @@ def training_section(suite_name, suite, records, references, plots_dir):
         if plot_valid_curves(rows, f"{suite_name}: {dataset}, validation per epoch", curves):
             lines += [f"![{suite_name} {dataset} validation curves](plots/{curves.name})", ""]
         lines += code_table(rows)
-        lines += ["<details><summary>runs</summary>", "", "| model | seed | commit | config hash | finished |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "<details><summary>runs</summary>",
+            "",
+            "| model | seed | commit | config hash | finished |",
+            "|---|---|---|---|---|",
+        ]
         for row in rows:
             for r in row["runs"]:
-                lines.append(f"| {r['label']} | {r['seed']} | {(r.get('git_commit') or '?')[:8]} | "
-                             f"{r['config_hash']} | {r.get('finished_at', '?')} |")
+                lines.append(
+                    f"| {r['label']} | {r['seed']} | {(r.get('git_commit') or '?')[:8]} | "
+                    f"{r['config_hash']} | {r.get('finished_at', '?')} |"
+                )
         lines += ["", "</details>", ""]
     return lines
 
@@ -299,14 +335,21 @@ def domination_section(path, results_dir):
         table = json.load(f)
     k = table["k"]
     name = path.parent.name
-    lines = [f"### {name}", "", f"Overlap of each item's top-{k} neighbours in the embedding that is quantized with its "
-             f"top-{k} in the pure collaborative and pure semantic spaces; purity and NMI of first-level codes vs "
-             "the items' first category.", "",
-             f"| code source | overlap with collaborative @{k} | overlap with semantic @{k} | purity | NMI |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"### {name}",
+        "",
+        f"Overlap of each item's top-{k} neighbours in the embedding that is quantized with its "
+        f"top-{k} in the pure collaborative and pure semantic spaces; purity and NMI of first-level codes vs "
+        "the items' first category.",
+        "",
+        f"| code source | overlap with collaborative @{k} | overlap with semantic @{k} | purity | NMI |",
+        "|---|---|---|---|---|",
+    ]
     for row in table["rows"]:
-        lines.append(f"| {row['code_source']} | {row['overlap_collab']:.3f} | {row['overlap_semantic']:.3f} | "
-                     f"{row['purity']:.3f} | {row['nmi']:.3f} |")
+        lines.append(
+            f"| {row['code_source']} | {row['overlap_collab']:.3f} | {row['overlap_semantic']:.3f} | "
+            f"{row['purity']:.3f} | {row['nmi']:.3f} |"
+        )
     plot = path.with_name("domination.png")
     if plot.is_file():
         lines += ["", f"![domination {name}]({plot.relative_to(results_dir.parent).as_posix()})"]
@@ -316,12 +359,17 @@ def domination_section(path, results_dir):
 def build_report(results_dir=BENCHMARKS / "results", suites_dir=BENCHMARKS / "suites", plots_dir=BENCHMARKS / "plots"):
     records = read_records(results_dir)
     references = load_yaml(BENCHMARKS / "reference.yaml")
-    lines = ["# Benchmark results", "",
-             "Generated by `python benchmarks/report.py` from `benchmarks/results/*.jsonl`; do not edit by hand.",
-             "Rows marked *published* come from `benchmarks/reference.yaml` (the papers' numbers, sources in docs/design.md);",
-             "every other number is a run of `python benchmarks/run.py`. Epochs are best-valid/run; *(cap)* marks a",
-             "run that hit its epoch cap before early stopping fired, *(schedule end)* one that ran to the end of a",
-             "cosine schedule (learning rate 0 there) without early stopping firing.", ""]
+    lines = [
+        "# Benchmark results",
+        "",
+        "Generated by `python benchmarks/report.py` from `benchmarks/results/*.jsonl`; do not edit by hand.",
+        "Rows marked *published* come from `benchmarks/reference.yaml` (the papers' numbers, sources in",
+        "docs/design.md);",
+        "every other number is a run of `python benchmarks/run.py`. Epochs are best-valid/run; *(cap)* marks a",
+        "run that hit its epoch cap before early stopping fired, *(schedule end)* one that ran to the end of a",
+        "cosine schedule (learning rate 0 there) without early stopping firing.",
+        "",
+    ]
     for suite_name, suite_records in records.items():
         suite = load_yaml(pathlib.Path(suites_dir) / f"{suite_name}.yaml")
         if suite.get("kind") == "speed":

@@ -73,8 +73,17 @@ def plan(suite, seeds=None, only=None):
                 config_files = list(suite.get("config_files", [])) + list(entry.get("config_files", []))
                 settings = {**overrides, "config_files": config_files} if config_files else overrides
                 key = f"{label}-{dataset}-seed{seed}-{_digest(settings)}"
-                runs.append({"label": label, "model": entry["model"], "dataset": dataset, "seed": seed,
-                             "overrides": overrides, "config_files": config_files, "key": key})
+                runs.append(
+                    {
+                        "label": label,
+                        "model": entry["model"],
+                        "dataset": dataset,
+                        "seed": seed,
+                        "overrides": overrides,
+                        "config_files": config_files,
+                        "key": key,
+                    }
+                )
     return runs
 
 
@@ -101,8 +110,9 @@ def finished_keys(results_file):
 
 def git_commit():
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -137,14 +147,20 @@ def child_main(spec_file, record_file):
     overrides = dict(spec["overrides"])
     stage_one_resume = overrides.pop("tokenizer_config_resume", None)
     if stage_one_resume:
-        overrides["tokenizer_config"] = {**(overrides.get("tokenizer_config") or {}),
-                                         "resume_checkpoint": stage_one_resume}
+        overrides["tokenizer_config"] = {
+            **(overrides.get("tokenizer_config") or {}),
+            "resume_checkpoint": stage_one_resume,
+        }
     start = time.perf_counter()
     config_files = [str(REPO / path) for path in spec.get("config_files", [])]
     result = run(spec["model"], spec["dataset"], config_file_list=config_files, config_dict=overrides)
     record = {
-        "key": spec["key"], "suite": spec["suite"], "label": spec["label"], "git_commit": spec["git_commit"],
-        "overrides": spec["overrides"], "wall_seconds": time.perf_counter() - start,
+        "key": spec["key"],
+        "suite": spec["suite"],
+        "label": spec["label"],
+        "git_commit": spec["git_commit"],
+        "overrides": spec["overrides"],
+        "wall_seconds": time.perf_counter() - start,
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **result,
     }
@@ -186,14 +202,21 @@ def run_one(suite_name, spec, device, results_file):
     overrides.update(resume_overrides(spec["model"], run_dir))
     full_spec = {**spec, "suite": suite_name, "overrides": overrides, "git_commit": git_commit()}
     spec_file.write_text(json.dumps(full_spec, indent=1), encoding="utf-8")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     log_path = run_dir / "run.log"
     with open(log_path, "a", encoding="utf-8") as log:
         start_offset = log.tell()
         child = subprocess.Popen(
             [sys.executable, str(pathlib.Path(__file__).resolve()), "--child", str(spec_file), str(record_file)],
-            cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=run_dir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         returncode = follow_progress(child, log_path, start_offset)
     if returncode != 0 or not record_file.is_file():
@@ -223,9 +246,11 @@ def _append(record_file, spec, results_file):
 
 def _summary(record):
     test = record.get("test_result", {})
-    return (f"epochs {record['epochs_run']} (best {record['best_valid_epoch']}), "
-            f"test R@10 {test.get('recall@10', float('nan')):.4f} N@10 {test.get('ndcg@10', float('nan')):.4f}, "
-            f"{record['train_seconds_per_epoch']:.0f} s/epoch")
+    return (
+        f"epochs {record['epochs_run']} (best {record['best_valid_epoch']}), "
+        f"test R@10 {test.get('recall@10', float('nan')):.4f} N@10 {test.get('ndcg@10', float('nan')):.4f}, "
+        f"{record['train_seconds_per_epoch']:.0f} s/epoch"
+    )
 
 
 def main(argv=None):
@@ -259,8 +284,11 @@ def main(argv=None):
     print(f"suite {args.suite}: {len(runs)} runs, {len(runs) - len(todo)} already in {results_file}", flush=True)
     failures = 0
     for index, spec in enumerate(todo, 1):
-        print(f"[{index}/{len(todo)}] {spec['label']} on {spec['dataset']}, seed {spec['seed']} "
-              f"(log: {WORK / args.suite / spec['key'] / 'run.log'})", flush=True)
+        print(
+            f"[{index}/{len(todo)}] {spec['label']} on {spec['dataset']}, seed {spec['seed']} "
+            f"(log: {WORK / args.suite / spec['key'] / 'run.log'})",
+            flush=True,
+        )
         start = time.perf_counter()
         record = run_one(args.suite, spec, args.device, results_file)
         if record:

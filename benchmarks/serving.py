@@ -72,18 +72,32 @@ def measure(checkpoint, label, k=50, workers=2, lookups=100_000, single_users=20
     with torch.no_grad():
         for row in rng.choice(len(all_users), size=single_users):
             rows = slice(int(row), int(row) + 1)
-            interaction = Interaction({model.USER_ID: all_users[rows], model.ITEM_SEQ: item_seq[rows],
-                                       model.ITEM_SEQ_LEN: lengths[rows]})
+            interaction = Interaction(
+                {model.USER_ID: all_users[rows], model.ITEM_SEQ: item_seq[rows], model.ITEM_SEQ_LEN: lengths[rows]}
+            )
             begin = time.perf_counter()
             model.full_sort_predict(interaction).topk(10)
             timings.append(time.perf_counter() - begin)
     online_p50, online_p99 = percentiles_ms(timings)
     return {
-        "kind": "serving", "key": f"serving-{meta['dataset']}-{label}", "label": label, "model": meta["model"],
-        "dataset": meta["dataset"], "users": meta["users"], "k": k, "precache_seconds": one_process,
-        "precache_ranking_seconds": meta["seconds"], "ray_workers": workers, "ray_precache_seconds": sharded,
-        "store_mb": size_mb, "lookups": lookups, "lookup_p50_ms": lookup_p50, "lookup_p99_ms": lookup_p99,
-        "online_users": single_users, "online_p50_ms": online_p50, "online_p99_ms": online_p99,
+        "kind": "serving",
+        "key": f"serving-{meta['dataset']}-{label}",
+        "label": label,
+        "model": meta["model"],
+        "dataset": meta["dataset"],
+        "users": meta["users"],
+        "k": k,
+        "precache_seconds": one_process,
+        "precache_ranking_seconds": meta["seconds"],
+        "ray_workers": workers,
+        "ray_precache_seconds": sharded,
+        "store_mb": size_mb,
+        "lookups": lookups,
+        "lookup_p50_ms": lookup_p50,
+        "lookup_p99_ms": lookup_p99,
+        "online_users": single_users,
+        "online_p50_ms": online_p50,
+        "online_p99_ms": online_p99,
         "load_average": os.getloadavg()[0],
     }
 
@@ -102,14 +116,23 @@ def run_suite(suite_name, suite, results_file):
             cwd = os.getcwd()
             os.chdir(scratch)
             try:
-                record = measure(checkpoint, entry["label"], suite.get("k", 50), suite.get("workers", 2),
-                                 suite.get("lookups", 100_000), suite.get("online_users", 200))
+                record = measure(
+                    checkpoint,
+                    entry["label"],
+                    suite.get("k", 50),
+                    suite.get("workers", 2),
+                    suite.get("lookups", 100_000),
+                    suite.get("online_users", 200),
+                )
             finally:
                 os.chdir(cwd)
         if record["key"] in done:
             continue
-        print(f"{record['label']}: precache {record['precache_seconds']:.0f} s, lookup p50 {record['lookup_p50_ms']:.3f} "
-              f"ms, on the fly p50 {record['online_p50_ms']:.1f} ms", flush=True)
+        print(
+            f"{record['label']}: precache {record['precache_seconds']:.0f} s, lookup p50 {record['lookup_p50_ms']:.3f} "
+            f"ms, on the fly p50 {record['online_p50_ms']:.1f} ms",
+            flush=True,
+        )
         with open(results_file, "a", encoding="utf-8") as f:
             f.write(json.dumps({"suite": suite_name, "git_commit": commit, **record}) + "\n")
     return 0
@@ -117,13 +140,22 @@ def run_suite(suite_name, suite, results_file):
 
 def report_lines(suite_name, suite, records):
     """A markdown table of the serving records."""
-    lines = [f"## {suite_name}", "", suite.get("description", ""), "",
-             "| dataset | model | users | precache s (1 process) | precache s (Ray workers) | store MB | lookup p50 / p99 ms "
-             "| on the fly p50 / p99 ms | load |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"## {suite_name}",
+        "",
+        suite.get("description", ""),
+        "",
+        "| dataset | model | users | precache s (1 process) | precache s (Ray workers) | store MB "
+        "| lookup p50 / p99 ms "
+        "| on the fly p50 / p99 ms | load |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in records:
         sharded = "–" if r["ray_precache_seconds"] is None else f"{r['ray_precache_seconds']:.0f} ({r['ray_workers']})"
-        lines.append(f"| {r['dataset']} | {r['label']} | {r['users']} | {r['precache_seconds']:.0f} | {sharded} | "
-                     f"{r['store_mb']:.1f} | "
-                     f"{r['lookup_p50_ms']:.3f} / {r['lookup_p99_ms']:.3f} | {r['online_p50_ms']:.1f} / "
-                     f"{r['online_p99_ms']:.1f} | {r['load_average']:.1f} |")
+        lines.append(
+            f"| {r['dataset']} | {r['label']} | {r['users']} | {r['precache_seconds']:.0f} | {sharded} | "
+            f"{r['store_mb']:.1f} | "
+            f"{r['lookup_p50_ms']:.3f} / {r['lookup_p99_ms']:.3f} | {r['online_p50_ms']:.1f} / "
+            f"{r['online_p99_ms']:.1f} | {r['load_average']:.1f} |"
+        )
     return lines + [""]

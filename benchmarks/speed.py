@@ -136,8 +136,11 @@ def measure_dataset(dataset, models, train_batches=50, config=None, random_codes
             data = create_model_dataset(model_class, model_config)
             over_random_codes = random_codes and issubclass(model_class, TIGER)
             if over_random_codes:
-                model_config["tokenizer_artifact"] = str(random_code_artifact(
-                    data.field2id_token[data.iid_field], model_config, pathlib.Path(scratch) / label))
+                model_config["tokenizer_artifact"] = str(
+                    random_code_artifact(
+                        data.field2id_token[data.iid_field], model_config, pathlib.Path(scratch) / label
+                    )
+                )
             train_data, _, test_data = data_preparation(model_config, data)
             model = model_class(model_config, train_data.dataset).to(model_config["device"])
             train_seconds = time_training(model, train_data, train_batches, model_config["learning_rate"])
@@ -145,15 +148,27 @@ def measure_dataset(dataset, models, train_batches=50, config=None, random_codes
             start = time.perf_counter()
             result = trainer.evaluate(test_data, load_best_model=False, show_progress=model_config["show_progress"])
             eval_seconds = time.perf_counter() - start
-            records.append({
-                "kind": "dataset", "key": f"dataset-{dataset}-{label}", "dataset": dataset, "model": label,
-                "test_users": test_data.sample_size, "test_eval_seconds": eval_seconds,
-                "train_batches_timed": train_batches, "train_seconds_per_epoch": train_seconds,
-                "peak_rss_mb": peak_rss_mb(), "untrained_test_ndcg@10": result.get("ndcg@10"),
-                "load_average": os.getloadavg()[0], "random_codes": over_random_codes,
-            })
-            print(f"{dataset} {label}: test evaluation {eval_seconds:.1f} s over {records[-1]['test_users']} users, "
-                  f"{train_seconds:.0f} s per training epoch, peak RSS {records[-1]['peak_rss_mb']:.0f} MB", flush=True)
+            records.append(
+                {
+                    "kind": "dataset",
+                    "key": f"dataset-{dataset}-{label}",
+                    "dataset": dataset,
+                    "model": label,
+                    "test_users": test_data.sample_size,
+                    "test_eval_seconds": eval_seconds,
+                    "train_batches_timed": train_batches,
+                    "train_seconds_per_epoch": train_seconds,
+                    "peak_rss_mb": peak_rss_mb(),
+                    "untrained_test_ndcg@10": result.get("ndcg@10"),
+                    "load_average": os.getloadavg()[0],
+                    "random_codes": over_random_codes,
+                }
+            )
+            print(
+                f"{dataset} {label}: test evaluation {eval_seconds:.1f} s over {records[-1]['test_users']} users, "
+                f"{train_seconds:.0f} s per training epoch, peak RSS {records[-1]['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
     return records
 
 
@@ -169,10 +184,21 @@ class _SyntheticCatalogue:
 
 def _synthetic_config(overrides):
     """A plain dict standing in for RecBole's Config: protocol + SASRec + TIGER defaults + overrides."""
-    config = {**_yaml(PROPERTIES_DIR / "overall.yaml"), **_yaml(PROPERTIES_DIR / "model" / "SASRec.yaml"),
-              **_yaml(PROPERTIES_DIR / "model" / "TIGER.yaml")}
-    config.update({"USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "LIST_SUFFIX": "_list",
-                   "ITEM_LIST_LENGTH_FIELD": "item_length", "NEG_PREFIX": "neg_", "device": torch.device("cpu")})
+    config = {
+        **_yaml(PROPERTIES_DIR / "overall.yaml"),
+        **_yaml(PROPERTIES_DIR / "model" / "SASRec.yaml"),
+        **_yaml(PROPERTIES_DIR / "model" / "TIGER.yaml"),
+    }
+    config.update(
+        {
+            "USER_ID_FIELD": "user_id",
+            "ITEM_ID_FIELD": "item_id",
+            "LIST_SUFFIX": "_list",
+            "ITEM_LIST_LENGTH_FIELD": "item_length",
+            "NEG_PREFIX": "neg_",
+            "device": torch.device("cpu"),
+        }
+    )
     config.update(overrides or {})
     return config
 
@@ -202,10 +228,16 @@ def measure_scale(item_counts, users=1024, batch_size=256, config=None, seed=0):
         item_codes = random_item_codes(n_items, config["rqvae_levels"], config["rqvae_codebook_size"], generator)
         index = CodeIndex(item_codes)
         seq2seq = CodeSeq2Seq(
-            index.codebook_sizes, config["MAX_ITEM_LIST_LENGTH"], d_model=config["d_model"],
-            n_heads=config["attention_heads"], encoder_layers=config["encoder_layers"],
-            decoder_layers=config["decoder_layers"], d_ff=config["d_ff"], dropout=config["dropout"],
-            history_tokens=config["history_tokens"], num_user_buckets=config["n_user_buckets"],
+            index.codebook_sizes,
+            config["MAX_ITEM_LIST_LENGTH"],
+            d_model=config["d_model"],
+            n_heads=config["attention_heads"],
+            encoder_layers=config["encoder_layers"],
+            decoder_layers=config["decoder_layers"],
+            d_ff=config["d_ff"],
+            dropout=config["dropout"],
+            history_tokens=config["history_tokens"],
+            num_user_buckets=config["n_user_buckets"],
         ).eval()
         sasrec = SASRec(config, _SyntheticCatalogue(n_items + 1)).eval()
         length = config["MAX_ITEM_LIST_LENGTH"]
@@ -226,15 +258,26 @@ def measure_scale(item_counts, users=1024, batch_size=256, config=None, seed=0):
                 batch = {"item_id_list": histories[rows], "item_length": torch.full((len(rows),), length)}
                 sasrec.full_sort_predict(batch).topk(top_k, dim=1)
         full_sort_seconds = time.perf_counter() - start
-        records.append({
-            "kind": "scale", "key": f"scale-{n_items}", "n_items": n_items, "users": users,
-            "beam_seconds": beam_seconds, "full_sort_seconds": full_sort_seconds,
-            "beam_ms_per_user": 1000 * beam_seconds / users, "full_sort_ms_per_user": 1000 * full_sort_seconds / users,
-            "peak_rss_mb_after_beam": beam_rss, "peak_rss_mb": peak_rss_mb(), "load_average": os.getloadavg()[0],
-        })
-        print(f"{n_items:>9,} items: beam search {records[-1]['beam_ms_per_user']:.2f} ms/user, SASRec full-sort "
-              f"{records[-1]['full_sort_ms_per_user']:.2f} ms/user (ratio {beam_seconds / full_sort_seconds:.1f})",
-              flush=True)
+        records.append(
+            {
+                "kind": "scale",
+                "key": f"scale-{n_items}",
+                "n_items": n_items,
+                "users": users,
+                "beam_seconds": beam_seconds,
+                "full_sort_seconds": full_sort_seconds,
+                "beam_ms_per_user": 1000 * beam_seconds / users,
+                "full_sort_ms_per_user": 1000 * full_sort_seconds / users,
+                "peak_rss_mb_after_beam": beam_rss,
+                "peak_rss_mb": peak_rss_mb(),
+                "load_average": os.getloadavg()[0],
+            }
+        )
+        print(
+            f"{n_items:>9,} items: beam search {records[-1]['beam_ms_per_user']:.2f} ms/user, SASRec full-sort "
+            f"{records[-1]['full_sort_ms_per_user']:.2f} ms/user (ratio {beam_seconds / full_sort_seconds:.1f})",
+            flush=True,
+        )
     return records
 
 
@@ -262,14 +305,27 @@ def run_suite(suite_name, suite, results_file, device="cpu"):
         if all(f"dataset-{dataset}-{label}" in done for label in labels):
             continue
         print(f"timing {', '.join(labels)} on {dataset}", flush=True)
-        append(measure_dataset(dataset, options["models"], options.get("train_batches", 50),
-                               {**settings, **options.get("config", {})}, options.get("random_codes", False)))
+        append(
+            measure_dataset(
+                dataset,
+                options["models"],
+                options.get("train_batches", 50),
+                {**settings, **options.get("config", {})},
+                options.get("random_codes", False),
+            )
+        )
     scale = suite.get("scale")
     if scale:
         for n_items in scale["item_counts"]:
             if f"scale-{n_items}" not in done:
-                append(measure_scale([n_items], scale.get("users", 1024), scale.get("batch_size", 256),
-                                     {**suite.get("config", {}), **scale.get("config", {})}))
+                append(
+                    measure_scale(
+                        [n_items],
+                        scale.get("users", 1024),
+                        scale.get("batch_size", 256),
+                        {**suite.get("config", {}), **scale.get("config", {})},
+                    )
+                )
     return 0
 
 
@@ -281,25 +337,35 @@ def report_lines(suite_name, suite, records, plots_dir):
         if record["kind"] == "dataset":
             by_dataset.setdefault(record["dataset"], {})[record["model"]] = record  # the latest run wins
     if by_dataset:
-        lines += ["| dataset | model | test users | test evaluation s | x SASRec | s / train epoch | x SASRec | "
-                  "peak RSS MB (cumulative) | load |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| dataset | model | test users | test evaluation s | x SASRec | s / train epoch | x SASRec | "
+            "peak RSS MB (cumulative) | load |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for dataset, models in by_dataset.items():
             base = models.get("SASRec")
             for name, r in models.items():
                 name += " (random codes)" if r.get("random_codes") else ""
                 eval_ratio = f"{r['test_eval_seconds'] / base['test_eval_seconds']:.1f}" if base else "–"
                 train_ratio = f"{r['train_seconds_per_epoch'] / base['train_seconds_per_epoch']:.1f}" if base else "–"
-                lines.append(f"| {dataset} | {name} | {r['test_users']} | {r['test_eval_seconds']:.1f} | {eval_ratio} | "
-                             f"{r['train_seconds_per_epoch']:.0f} | {train_ratio} | {r['peak_rss_mb']:.0f} | {_load(r)} |")
+                lines.append(
+                    f"| {dataset} | {name} | {r['test_users']} | {r['test_eval_seconds']:.1f} | {eval_ratio} | "
+                    f"{r['train_seconds_per_epoch']:.0f} | {train_ratio} | {r['peak_rss_mb']:.0f} | {_load(r)} |"
+                )
         lines.append("")
     scale = sorted({r["n_items"]: r for r in records if r["kind"] == "scale"}.values(), key=lambda r: r["n_items"])
     if scale:
-        lines += ["| items | users | beam search ms/user | SASRec full-sort ms/user | beam / full-sort | peak RSS MB | load |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "| items | users | beam search ms/user | SASRec full-sort ms/user | beam / full-sort | peak RSS MB "
+            "| load |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in scale:
-            lines.append(f"| {r['n_items']:,} | {r['users']} | {r['beam_ms_per_user']:.2f} | "
-                         f"{r['full_sort_ms_per_user']:.2f} | {r['beam_seconds'] / r['full_sort_seconds']:.2f} | "
-                         f"{r['peak_rss_mb']:.0f} | {_load(r)} |")
+            lines.append(
+                f"| {r['n_items']:,} | {r['users']} | {r['beam_ms_per_user']:.2f} | "
+                f"{r['full_sort_ms_per_user']:.2f} | {r['beam_seconds'] / r['full_sort_seconds']:.2f} | "
+                f"{r['peak_rss_mb']:.0f} | {_load(r)} |"
+            )
         plot = plots_dir / f"{suite_name}-scaling.png"
         plot_scaling(scale, plot)
         lines += ["", f"![evaluation time vs item count](plots/{plot.name})", ""]
@@ -344,8 +410,11 @@ def main(argv=None):
         records = measure_dataset(args.dataset, args.models, args.train_batches)
         base = records[0]
         for record in records[1:]:
-            print(f"{record['model']} / {base['model']}: test evaluation x{record['test_eval_seconds'] / base['test_eval_seconds']:.1f}, "
-                  f"training epoch x{record['train_seconds_per_epoch'] / base['train_seconds_per_epoch']:.1f}")
+            print(
+                f"{record['model']} / {base['model']}: test evaluation "
+                f"x{record['test_eval_seconds'] / base['test_eval_seconds']:.1f}, "
+                f"training epoch x{record['train_seconds_per_epoch'] / base['train_seconds_per_epoch']:.1f}"
+            )
     if args.item_counts:
         measure_scale(args.item_counts, args.users)
 

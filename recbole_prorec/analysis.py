@@ -46,7 +46,7 @@ def nearest_neighbours(embeddings, k=10, chunk_size=2048):
         raise ValueError(f"k must be in [1, {n - 1}] for {n} items, got {k}")
     neighbours = []
     for start in range(0, n, chunk_size):
-        similarity = x[start:start + chunk_size] @ x.T  # [c, n]
+        similarity = x[start : start + chunk_size] @ x.T  # [c, n]
         rows = torch.arange(similarity.shape[0])
         similarity[rows, rows + start] = -float("inf")  # an item is not its own neighbour
         neighbours.append(similarity.topk(k, dim=1).indices)
@@ -81,7 +81,10 @@ def code_category_agreement(first_codes, categories):
     _, labels = np.unique(np.asarray(categories, dtype=object)[known].astype(str), return_inverse=True)
     counts = np.zeros((codes.max() + 1, labels.max() + 1), dtype=np.int64)  # [codes, categories]
     np.add.at(counts, (codes, labels), 1)
-    return {"purity": float(counts.max(1).sum() / codes.size), "nmi": float(normalized_mutual_info_score(labels, codes))}
+    return {
+        "purity": float(counts.max(1).sum() / codes.size),
+        "nmi": float(normalized_mutual_info_score(labels, codes)),
+    }
 
 
 def domination_table(code_embeddings, collaborative, semantic, first_codes=None, categories=None, k=10):
@@ -109,7 +112,9 @@ def domination_table(code_embeddings, collaborative, semantic, first_codes=None,
 
 
 def format_table(rows, k=10):
-    header = f"{'code_source':<14}{'overlap_collab@' + str(k):>20}{'overlap_semantic@' + str(k):>22}{'purity':>9}{'nmi':>9}"
+    header = (
+        f"{'code_source':<14}{'overlap_collab@' + str(k):>20}{'overlap_semantic@' + str(k):>22}{'purity':>9}{'nmi':>9}"
+    )
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(
@@ -146,8 +151,9 @@ def plot_table(rows, path, k=10):
     return write_atomically(path, buffer.getvalue())
 
 
-def analyze(model, dataset, code_sources=CODE_SOURCES, k=10,
-            output_dir=None, category_field="categories", category_level=1):
+def analyze(
+    model, dataset, code_sources=CODE_SOURCES, k=10, output_dir=None, category_field="categories", category_level=1
+):
     """Quantize each code source with the model's quantizer options and tabulate the diagnostic.
 
     ``model`` is a trained PRORecTokenizer. Prints the table; with ``output_dir`` also writes
@@ -157,17 +163,29 @@ def analyze(model, dataset, code_sources=CODE_SOURCES, k=10,
     embeddings = {source: model.code_embeddings(source)[1:] for source in code_sources}  # [n, d'] each
     first_codes = {}
     for source, source_embeddings in embeddings.items():
-        result = quantize(source_embeddings, method=options["quantizer"], levels=options["code_levels"],
-                          codebook_size=options["codebook_size"], seed=options["seed"],
-                          balanced=options["balanced"], rqvae_kwargs=options["rqvae_kwargs"])
+        result = quantize(
+            source_embeddings,
+            method=options["quantizer"],
+            levels=options["code_levels"],
+            codebook_size=options["codebook_size"],
+            seed=options["seed"],
+            balanced=options["balanced"],
+            rqvae_kwargs=options["rqvae_kwargs"],
+        )
         first_codes[source] = result.codes[:, 0]
     try:
         categories = item_categories(dataset, category_field, category_level)[1:]
     except ValueError as error:  # no category column in this dataset's .item file
         logger.info("no code/category agreement: %s", error)
         categories = None
-    rows = domination_table(embeddings, model.code_embeddings("collaborative")[1:],
-                            model.code_embeddings("semantic")[1:], first_codes, categories, k)
+    rows = domination_table(
+        embeddings,
+        model.code_embeddings("collaborative")[1:],
+        model.code_embeddings("semantic")[1:],
+        first_codes,
+        categories,
+        k,
+    )
     print(format_table(rows, k))
     if output_dir is not None:
         output_dir = Path(output_dir)

@@ -51,7 +51,9 @@ def format_results(result):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", "-m", default="PRORec", help="ours (PRORec, PRORecTokenizer, TIGER, ...) or RecBole's")
+    parser.add_argument(
+        "--model", "-m", default="PRORec", help="ours (PRORec, PRORecTokenizer, TIGER, ...) or RecBole's"
+    )
     parser.add_argument("--dataset", "-d", default="ml-100k", help="a folder of atomic files under data_path")
     parser.add_argument("--config_files", default=None, help="space-separated YAML files, applied after ours")
     parser.add_argument("--json", default=None, help="also write the full result dict to this JSON file")
@@ -66,8 +68,10 @@ def main(argv=None):
     if "stage_one" in result:
         print(f"\nStage 1 ({result['stage_one']['model']}) on {args.dataset}:")
         print(format_results(result["stage_one"]))
-    print(f"\n{result['model']} on {args.dataset} (best valid epoch {result['best_valid_epoch']}, "
-          f"{result['epochs_run']} epochs, {result['train_seconds_per_epoch']:.1f} s/epoch):")
+    print(
+        f"\n{result['model']} on {args.dataset} (best valid epoch {result['best_valid_epoch']}, "
+        f"{result['epochs_run']} epochs, {result['train_seconds_per_epoch']:.1f} s/epoch):"
+    )
     print(format_results(result))
     if args.json:
         with open(args.json, "w") as handle:

@@ -25,8 +25,23 @@ logger = logging.getLogger(__name__)
 
 # Keys that decide nothing about a model's results: left out of the config hash.
 _VOLATILE_KEYS = {
-    "device", "gpu_id", "use_gpu", "show_progress", "state", "checkpoint_dir", "torch_threads", "worker",
-    "eval_batch_size", "resume_checkpoint", "local_rank", "single_spec", "nproc", "world_size", "offset", "ip", "port",
+    "device",
+    "gpu_id",
+    "use_gpu",
+    "show_progress",
+    "state",
+    "checkpoint_dir",
+    "torch_threads",
+    "worker",
+    "eval_batch_size",
+    "resume_checkpoint",
+    "local_rank",
+    "single_spec",
+    "nproc",
+    "world_size",
+    "offset",
+    "ip",
+    "port",
 }
 
 
@@ -155,9 +170,9 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
     """Train `model` on `dataset` with early stopping on the validation metric, then test the best weights.
 
     Returns a dict with the best validation and the test results, the validation score of every epoch this
-    process trained ("valid_curve": [[epoch, score, seconds of training and validation so far], ...]), epochs run, the best epoch, seconds per
-    training epoch, seconds of the test evaluation, peak RSS and the config hash; for a two-stage model also
-    the stage-1 result under "stage_one".
+    process trained ("valid_curve": [[epoch, score, seconds of training and validation so far], ...]), epochs run,
+    the best epoch, seconds per training epoch, seconds of the test evaluation, peak RSS and the config hash; for a
+    two-stage model also the stage-1 result under "stage_one".
     """
     model_class = get_model(model)
     allow_recbole_checkpoints()

@@ -50,9 +50,7 @@ def read_item_fields(dataset, fields) -> dict:
             f"{path}: item text needs the atomic .item file (fields {list(fields)}); "
             "convert the dataset with its .item file or set text_fields to columns it has"
         )
-    table = pd.read_csv(
-        path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False, encoding="utf-8"
-    )
+    table = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False, encoding="utf-8")
     table.columns = [column.split(":", 1)[0] for column in table.columns]
     iid_field = dataset.iid_field
     missing = [name for name in [iid_field, *fields] if name not in table.columns]
@@ -91,9 +89,7 @@ def item_texts(dataset, text_fields) -> list:
     without_text = []
     for item_id in range(1, dataset.item_num):
         parts = [
-            f"{label}: {columns[name][item_id]}"
-            for label, name in zip(labels, text_fields)
-            if columns[name][item_id]
+            f"{label}: {columns[name][item_id]}" for label, name in zip(labels, text_fields) if columns[name][item_id]
         ]
         if not parts:
             without_text.append(tokens[item_id])
@@ -152,17 +148,21 @@ def encode_texts(texts, model_name: str, batch_size: int, cache_root, device="cp
         logger.warning("ignoring corrupt semantic cache %s (shape %s)", array_path, embeddings.shape)
     encoder = load_sentence_encoder(model_name, device)
     start = time.perf_counter()
-    embeddings = encoder.encode(
-        texts, batch_size=batch_size, show_progress_bar=True, convert_to_numpy=True
-    ).astype(np.float32)
+    embeddings = encoder.encode(texts, batch_size=batch_size, show_progress_bar=True, convert_to_numpy=True).astype(
+        np.float32
+    )
     seconds = time.perf_counter() - start
     logger.info("encoded %d item texts with %s in %.1f s", len(texts), model_name, seconds)
     cache_root.mkdir(parents=True, exist_ok=True)
     array_bytes = io.BytesIO()
     np.save(array_bytes, embeddings, allow_pickle=False)
     write_atomically(array_path, array_bytes.getvalue())
-    meta = {"model": model_name, "n_texts": len(texts), "dim": int(embeddings.shape[1]),
-            "encode_seconds": round(seconds, 3)}
+    meta = {
+        "model": model_name,
+        "n_texts": len(texts),
+        "dim": int(embeddings.shape[1]),
+        "encode_seconds": round(seconds, 3),
+    }
     write_atomically(meta_path, json.dumps(meta, indent=1))
     return embeddings
 

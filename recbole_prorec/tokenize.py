@@ -42,8 +42,16 @@ def main(argv=None):
         overrides["artifact_path"] = args.output
     model, dataset = load_tokenizer(args.checkpoint, overrides)
     result = model.on_training_end(dataset)
-    print(json.dumps({"path": result["path"], "collision_rate_before": result["stats"]["collision_rate_before"],
-                      "utilization": result["stats"]["utilization"]}, indent=1))
+    print(
+        json.dumps(
+            {
+                "path": result["path"],
+                "collision_rate_before": result["stats"]["collision_rate_before"],
+                "utilization": result["stats"]["utilization"],
+            },
+            indent=1,
+        )
+    )
     return result
 
 

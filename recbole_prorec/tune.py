@@ -67,6 +67,7 @@ _YamlLoader.add_implicit_resolver(
 
 # ----------------------------------------------------------------------------------------------- search space
 
+
 def _distribution(path, key, name, args):
     """The Ray Tune domain for `{name: args}`, after checking the arguments."""
     from ray import tune
@@ -95,7 +96,7 @@ def _parse_node(node, path, key):
     if not isinstance(node, dict):
         return node
     if len(node) == 1:
-        (name, args), = node.items()
+        ((name, args),) = node.items()
         if name in DISTRIBUTIONS:
             return _distribution(path, key, name, args)
         close = difflib.get_close_matches(str(name), DISTRIBUTIONS, n=1, cutoff=0.75)
@@ -188,6 +189,7 @@ def _plain(value):
 
 # ----------------------------------------------------------------------------------------------- settings
 
+
 @dataclasses.dataclass
 class SearchSettings:
     """What a search runs; saved beside its results so `--resume` needs only --output and --name."""
@@ -228,13 +230,13 @@ class SearchSettings:
 class SearchPlan:
     """The resolved search: what each trial runs with, and how the results are read."""
 
-    trial_overrides: dict     # Keys every trial gets over its sampled ones (absolute paths, quiet logging).
-    best_config_base: dict    # Keys of the best config besides the space's: the user's overrides (+ artifact).
-    space_keys: list          # Top-level keys of the search-space file.
-    sampled: list             # Dotted keys the space samples.
-    metric: str               # Reported validation metric, e.g. "valid_ndcg@10".
-    mode: str                 # "max" or "min".
-    max_t: int                # Epochs a trial may train (ASHA's max_t).
+    trial_overrides: dict  # Keys every trial gets over its sampled ones (absolute paths, quiet logging).
+    best_config_base: dict  # Keys of the best config besides the space's: the user's overrides (+ artifact).
+    space_keys: list  # Top-level keys of the search-space file.
+    sampled: list  # Dotted keys the space samples.
+    metric: str  # Reported validation metric, e.g. "valid_ndcg@10".
+    mode: str  # "max" or "min".
+    max_t: int  # Epochs a trial may train (ASHA's max_t).
 
 
 def build_scheduler(name, max_t, grace_period=2, reduction_factor=2):
@@ -251,8 +253,11 @@ def build_scheduler(name, max_t, grace_period=2, reduction_factor=2):
         logger.warning(f"grace_period {grace_period} > max_epochs {max_t}: using {max_t}")
         grace_period = max_t
     return ASHAScheduler(
-        time_attr="epochs_trained", max_t=max_t, grace_period=grace_period,
-        reduction_factor=reduction_factor, stop_last_trials=False,
+        time_attr="epochs_trained",
+        max_t=max_t,
+        grace_period=grace_period,
+        reduction_factor=reduction_factor,
+        stop_last_trials=False,
     )
 
 
@@ -289,6 +294,7 @@ def plan_search(settings, space):
 
 
 # ----------------------------------------------------------------------------------------------- trials
+
 
 def _ray_gpu_id():
     """RecBole sets CUDA_VISIBLE_DEVICES to its gpu_id (default "0"): give it the GPUs Ray assigned ("" = CPU)."""
@@ -348,8 +354,12 @@ def _trainable(settings, plan):
     from ray import tune
 
     trainable = tune.with_parameters(
-        train_trial, model=settings.model, dataset=settings.dataset,
-        config_files=settings.config_files, metric=plan.metric, overrides=plan.trial_overrides,
+        train_trial,
+        model=settings.model,
+        dataset=settings.dataset,
+        config_files=settings.config_files,
+        metric=plan.metric,
+        overrides=plan.trial_overrides,
     )
     return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
 
@@ -377,9 +387,7 @@ def _pin_stage_one(settings, plan, space):
         task_overrides = {**overrides, "gpu_id": _ray_gpu_id()}
         probe = quick_start.build_config(settings.model, settings.dataset, config_files, task_overrides)
         quick_start.ensure_dataset_files(probe)
-        artifact, _ = quick_start.stage_one_artifact(
-            model_class, probe, settings.dataset, config_files, task_overrides
-        )
+        artifact, _ = quick_start.stage_one_artifact(model_class, probe, settings.dataset, config_files, task_overrides)
         return artifact
 
     logger.info(f"Training (or reusing) the {model_class.stage_one_model} artifact once for all trials")
@@ -389,6 +397,7 @@ def _pin_stage_one(settings, plan, space):
 
 
 # ----------------------------------------------------------------------------------------------- results
+
 
 def _trial_status(result):
     if result.error is not None:
@@ -426,16 +435,16 @@ def collect_rows(result_grid, plan):
         }
         if status == "completed":
             row["best_epoch"] = metrics["best_epoch"]
-            row["valid"] = {k[len("valid_"):]: v for k, v in metrics.items() if k.startswith("valid_")}
-            row["test"] = {k[len("test_"):]: v for k, v in metrics.items() if k.startswith("test_")}
+            row["valid"] = {k[len("valid_") :]: v for k, v in metrics.items() if k.startswith("valid_")}
+            row["test"] = {k[len("test_") :]: v for k, v in metrics.items() if k.startswith("test_")}
         elif history is not None and plan.metric in getattr(history, "columns", ()):
             scores = history[[plan.metric, "epoch"]].dropna()
             if len(scores):
                 best = scores[plan.metric].idxmax() if plan.mode == "max" else scores[plan.metric].idxmin()
                 row["best_epoch"] = int(scores.loc[best, "epoch"])
-                row["valid"] = {plan.metric[len("valid_"):]: float(scores.loc[best, plan.metric])}
+                row["valid"] = {plan.metric[len("valid_") :]: float(scores.loc[best, plan.metric])}
         rows.append(row)
-    key = plan.metric[len("valid_"):]
+    key = plan.metric[len("valid_") :]
     sign = -1 if plan.mode == "max" else 1
     rows.sort(key=lambda row: (key not in row["valid"], sign * row["valid"].get(key, 0.0)))
     for rank, row in enumerate(rows, 1):
@@ -460,7 +469,7 @@ def _format(value):
 
 def results_csv(rows, plan):
     """CSV text: one column per metric and per sampled key (`config/<key>`); blanks where a value is missing."""
-    valid_names = _metric_names(rows, "valid", plan.metric[len("valid_"):])
+    valid_names = _metric_names(rows, "valid", plan.metric[len("valid_") :])
     test_names = _metric_names(rows, "test")
     config_names = _metric_names(rows, "config")
     header = ["rank", "trial", "status", "best_epoch", "epochs_trained"]
@@ -472,8 +481,10 @@ def results_csv(rows, plan):
     for row in rows:
         writer.writerow(
             [row["rank"], row["trial"], row["status"], row["best_epoch"], row["epochs_trained"]]
-            + [row["valid"].get(n) for n in valid_names] + [row["test"].get(n) for n in test_names]
-            + [row["time_s"]] + [json.dumps(row["config"].get(n)) for n in config_names]
+            + [row["valid"].get(n) for n in valid_names]
+            + [row["test"].get(n) for n in test_names]
+            + [row["time_s"]]
+            + [json.dumps(row["config"].get(n)) for n in config_names]
             + [row["error"], row["path"]]
         )
     return buffer.getvalue()
@@ -481,7 +492,7 @@ def results_csv(rows, plan):
 
 def results_markdown(rows, plan, title):
     """Markdown table: the tuned validation metric, every test metric, time, status and sampled config."""
-    valid_key = plan.metric[len("valid_"):]
+    valid_key = plan.metric[len("valid_") :]
     test_names = _metric_names(rows, "test")
     header = ["rank", "trial", "status", "best epoch", f"valid {valid_key}"] + [f"test {n}" for n in test_names]
     header += ["time (s)", "config"]
@@ -503,7 +514,7 @@ def best_config(rows, plan, space_file):
     best = candidates[0]
     values = {key: best["full_config"][key] for key in plan.space_keys if key in best["full_config"]}
     values.update(plan.best_config_base)
-    valid_key = plan.metric[len("valid_"):]
+    valid_key = plan.metric[len("valid_") :]
     header = (
         f"# Best trial {best['trial']} ({best['status']}) of a Ray Tune search over {space_file}:\n"
         f"# valid {valid_key} {_format(best['valid'].get(valid_key))}"
@@ -524,11 +535,14 @@ def write_results(rows, plan, settings):
         write_atomically(folder / "best_config.yaml", text)
     for row in rows:
         if row["status"] == "error":
-            logger.error(f"Trial {row['trial']} failed ({row['error']}) with config {row['full_config']}; "
-                         f"traceback in {row['path']}/error.txt")
+            logger.error(
+                f"Trial {row['trial']} failed ({row['error']}) with config {row['full_config']}; "
+                f"traceback in {row['path']}/error.txt"
+            )
 
 
 # ----------------------------------------------------------------------------------------------- search
+
 
 def _init_ray(address, num_cpus, object_store_mb):
     """Connect to a cluster at `address`, or start a small local Ray; True if this call started Ray."""
@@ -540,7 +554,9 @@ def _init_ray(address, num_cpus, object_store_mb):
         ray.init(address=address, logging_level=logging.WARNING)
     else:
         ray.init(
-            num_cpus=num_cpus, include_dashboard=False, object_store_memory=int(object_store_mb * 1024 ** 2),
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            object_store_memory=int(object_store_mb * 1024**2),
             logging_level=logging.WARNING,
         )
     return True
@@ -576,22 +592,31 @@ def search(settings, resume=False, address=None, num_cpus=None, object_store_mb=
                 plan.trial_overrides["tokenizer_artifact"] = artifact
                 plan.best_config_base["tokenizer_artifact"] = artifact
             folder.mkdir(parents=True, exist_ok=True)
-            write_atomically(folder / _SETTINGS_FILE, json.dumps(
-                {"settings": dataclasses.asdict(settings), "plan": dataclasses.asdict(plan)}, indent=2, default=str
-            ))
+            write_atomically(
+                folder / _SETTINGS_FILE,
+                json.dumps(
+                    {"settings": dataclasses.asdict(settings), "plan": dataclasses.asdict(plan)}, indent=2, default=str
+                ),
+            )
             tuner = tune.Tuner(
                 _trainable(settings, plan),
                 param_space=_searched(space, plan.trial_overrides),
                 tune_config=tune.TuneConfig(
-                    metric=plan.metric, mode=plan.mode, num_samples=settings.num_samples,
-                    scheduler=build_scheduler(settings.scheduler, plan.max_t, settings.grace_period,
-                                              settings.reduction_factor),
-                    search_alg=BasicVariantGenerator(max_concurrent=settings.max_concurrent or 0,
-                                                     random_state=settings.seed),
+                    metric=plan.metric,
+                    mode=plan.mode,
+                    num_samples=settings.num_samples,
+                    scheduler=build_scheduler(
+                        settings.scheduler, plan.max_t, settings.grace_period, settings.reduction_factor
+                    ),
+                    search_alg=BasicVariantGenerator(
+                        max_concurrent=settings.max_concurrent or 0, random_state=settings.seed
+                    ),
                     reuse_actors=False,
                 ),
                 run_config=air.RunConfig(
-                    name=settings.name, storage_path=str(folder.parent), verbose=verbose,
+                    name=settings.name,
+                    storage_path=str(folder.parent),
+                    verbose=verbose,
                     failure_config=air.FailureConfig(max_failures=0, fail_fast=False),
                 ),
             )
@@ -606,7 +631,8 @@ def search(settings, resume=False, address=None, num_cpus=None, object_store_mb=
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Any other --key=value is a RecBole override applied to every trial.",
     )
     parser.add_argument("--model", "-m", help="model to tune (ours or RecBole's)")
@@ -639,16 +665,32 @@ def main(argv=None):
     if args.resume and not args.name and not (args.model and args.dataset):
         parser.error("--resume needs --name, or the --model and --dataset of the search")
     settings = SearchSettings(
-        model=args.model or "", dataset=args.dataset or "", space_file=args.space, num_samples=args.num_samples,
-        scheduler=args.scheduler, overrides=parse_overrides(extra),
+        model=args.model or "",
+        dataset=args.dataset or "",
+        space_file=args.space,
+        num_samples=args.num_samples,
+        scheduler=args.scheduler,
+        overrides=parse_overrides(extra),
         config_files=args.config_files.split() if args.config_files else [],
-        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-        max_epochs=args.max_epochs, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
-        seed=args.seed, output=args.output, name=args.name,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent,
+        max_epochs=args.max_epochs,
+        grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor,
+        seed=args.seed,
+        output=args.output,
+        name=args.name,
     )
     try:
-        rows = search(settings, resume=args.resume, address=args.address, num_cpus=args.num_cpus,
-                      object_store_mb=args.object_store_mb, verbose=args.verbose)
+        rows = search(
+            settings,
+            resume=args.resume,
+            address=args.address,
+            num_cpus=args.num_cpus,
+            object_store_mb=args.object_store_mb,
+            verbose=args.verbose,
+        )
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

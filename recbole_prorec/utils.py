@@ -89,7 +89,7 @@ def cache_dir(config):
 
 
 def write_atomically(path, data):
-    """Write text or bytes to `path` through a temporary file in the same folder, so a crash never leaves half a file."""
+    """Write text or bytes to `path` through a temporary file in the same folder: a crash never leaves half a file."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

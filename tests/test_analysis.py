@@ -57,14 +57,15 @@ def test_plot_is_a_png(tmp_path):
 def test_item_categories_take_the_second_level_of_the_first_path(tmp_path):
     (tmp_path / "tiny").mkdir()
     (tmp_path / "tiny" / "tiny.item").write_text(
-        "item_id:token\tcategories:token_seq\n"
-        "a\tBeauty > Makeup > Lips | Beauty > Face\n"
-        "b\tBeauty\n"
-        "c\t\n"
+        "item_id:token\tcategories:token_seq\na\tBeauty > Makeup > Lips | Beauty > Face\nb\tBeauty\nc\t\n"
     )
     tokens = np.array(["[PAD]", "a", "b", "c"])
     dataset = SimpleNamespace(
-        dataset_path=str(tmp_path / "tiny"), dataset_name="tiny", iid_field="item_id", item_num=4,
-        field2id_token={"item_id": tokens}, field2token_id={"item_id": {t: i for i, t in enumerate(tokens)}},
+        dataset_path=str(tmp_path / "tiny"),
+        dataset_name="tiny",
+        iid_field="item_id",
+        item_num=4,
+        field2id_token={"item_id": tokens},
+        field2token_id={"item_id": {t: i for i, t in enumerate(tokens)}},
     )
     assert analysis.item_categories(dataset) == [None, "Makeup", "Beauty", None]

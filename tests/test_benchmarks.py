@@ -24,15 +24,23 @@ def bench_dirs(tmp_path, monkeypatch, fast_run_config):
     for name, value in {"SUITES": suites, "RESULTS": results, "WORK": work}.items():
         monkeypatch.setattr(runner, name, value)
     monkeypatch.setattr(runner, "SHARED_SETTINGS", {"data_path": fast_run_config["data_path"], "show_progress": False})
-    suite = {"datasets": ["tiny"], "seeds": [1], "config": {**fast_run_config, "epochs": 1, "state": "INFO"},
-             "runs": [{"model": "SASRec", "config": {"n_layers": 1}}]}
+    suite = {
+        "datasets": ["tiny"],
+        "seeds": [1],
+        "config": {**fast_run_config, "epochs": 1, "state": "INFO"},
+        "runs": [{"model": "SASRec", "config": {"n_layers": 1}}],
+    }
     (suites / "tiny.yaml").write_text(yaml.safe_dump(suite))
     return suites, results, work
 
 
 def test_plan_merges_overrides_and_gives_stable_keys():
-    suite = {"datasets": ["a", "b"], "seeds": [0, 1], "config": {"epochs": 5, "lr": 1},
-             "runs": [{"model": "SASRec"}, {"model": "PRORec", "label": "no kd", "config": {"epochs": 2}}]}
+    suite = {
+        "datasets": ["a", "b"],
+        "seeds": [0, 1],
+        "config": {"epochs": 5, "lr": 1},
+        "runs": [{"model": "SASRec"}, {"model": "PRORec", "label": "no kd", "config": {"epochs": 2}}],
+    }
     runs = runner.plan(suite)
     assert len(runs) == 8
     no_kd = [r for r in runs if r["label"] == "no kd"]
@@ -99,7 +107,10 @@ def test_records_keep_paths_relative_to_the_checkout():
     inside = str(runner.REPO / "benchmarks" / "work" / "cache" / "a")
     record = {"artifact": {"path": inside}, "runs": [inside, "/elsewhere/b"], "n": 1}
     assert runner.repo_relative(record) == {
-        "artifact": {"path": "benchmarks/work/cache/a"}, "runs": ["benchmarks/work/cache/a", "/elsewhere/b"], "n": 1}
+        "artifact": {"path": "benchmarks/work/cache/a"},
+        "runs": ["benchmarks/work/cache/a", "/elsewhere/b"],
+        "n": 1,
+    }
 
 
 def test_resume_overrides_pick_the_newest_checkpoint_of_the_right_stage(tmp_path):
@@ -107,7 +118,9 @@ def test_resume_overrides_pick_the_newest_checkpoint_of_the_right_stage(tmp_path
     saved.mkdir()
     assert runner.resume_overrides("PRORec", tmp_path) == {}
     (saved / "PRORecTokenizer-Nov-01.pth").write_bytes(b"")
-    assert runner.resume_overrides("PRORec", tmp_path) == {"tokenizer_config_resume": str(saved / "PRORecTokenizer-Nov-01.pth")}
+    assert runner.resume_overrides("PRORec", tmp_path) == {
+        "tokenizer_config_resume": str(saved / "PRORecTokenizer-Nov-01.pth")
+    }
     assert runner.resume_overrides("SASRec", tmp_path) == {}
     (saved / "PRORec-Nov-02.pth").write_bytes(b"")
     assert runner.resume_overrides("PRORec", tmp_path) == {"resume_checkpoint": str(saved / "PRORec-Nov-02.pth")}
@@ -115,9 +128,21 @@ def test_resume_overrides_pick_the_newest_checkpoint_of_the_right_stage(tmp_path
 
 def _record(label, seed, ndcg, recall=0.1, dataset="d"):
     test = {"recall@10": recall, "ndcg@10": ndcg}
-    return {"label": label, "dataset": dataset, "seed": seed, "test_result": test, "best_valid_epoch": 3,
-            "epochs_run": 8, "max_epochs": 10, "train_seconds_per_epoch": 60.0, "valid_seconds_per_epoch": 15.0,
-            "test_eval_seconds": 5.0, "peak_rss_mb": 900.0, "config_hash": "abc", "git_commit": "0123456789"}
+    return {
+        "label": label,
+        "dataset": dataset,
+        "seed": seed,
+        "test_result": test,
+        "best_valid_epoch": 3,
+        "epochs_run": 8,
+        "max_epochs": 10,
+        "train_seconds_per_epoch": 60.0,
+        "valid_seconds_per_epoch": 15.0,
+        "test_eval_seconds": 5.0,
+        "peak_rss_mb": 900.0,
+        "config_hash": "abc",
+        "git_commit": "0123456789",
+    }
 
 
 def test_report_means_over_seeds_bolds_the_best_and_shows_the_improvement(tmp_path):
@@ -125,10 +150,19 @@ def test_report_means_over_seeds_bolds_the_best_and_shows_the_improvement(tmp_pa
     results.mkdir()
     suites.mkdir()
     records = [_record("Base", 0, 0.02), _record("Base", 1, 0.04), _record("New", 0, 0.045)]
-    records[2]["artifact"] = {"stats": {"method": "rkmeans", "levels": 3, "codebook_size": 256,
-                                        "collision_rate_before": 0.05, "collision_rate_after": 0.0,
-                                        "max_collision_index": 2, "utilization": [1.0, 0.5, 0.25],
-                                        "perplexity": [200.0, 100.0, 50.0], "reconstruction_error": 0.01}}
+    records[2]["artifact"] = {
+        "stats": {
+            "method": "rkmeans",
+            "levels": 3,
+            "codebook_size": 256,
+            "collision_rate_before": 0.05,
+            "collision_rate_after": 0.0,
+            "max_collision_index": 2,
+            "utilization": [1.0, 0.5, 0.25],
+            "perplexity": [200.0, 100.0, 50.0],
+            "reconstruction_error": 0.01,
+        }
+    }
     (results / "main.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     (suites / "main.yaml").write_text(yaml.safe_dump({"description": "demo", "proposed": "New", "baselines": ["Base"]}))
     text = report.build_report(results, suites, tmp_path / "plots")
@@ -154,19 +188,39 @@ def test_ablation_report_shows_stage_one_rows_and_changes_against_the_full_model
     results, suites = tmp_path / "results", tmp_path / "suites"
     results.mkdir()
     suites.mkdir()
-    full = {**_record("Full", 0, 0.04), "model": "PRORec", "valid_curve": [[0, 0.01, 70.0], [1, 0.03, 140.0]],
-            "stage_one": {**_record("ignored", 0, 0.05), "model": "PRORecTokenizer"}}
-    records = [{**_record("Tok variant", 0, 0.045), "model": "PRORecTokenizer"}, full,
-               {**_record("No KD", 0, 0.03), "model": "PRORec"}]
+    full = {
+        **_record("Full", 0, 0.04),
+        "model": "PRORec",
+        "valid_curve": [[0, 0.01, 70.0], [1, 0.03, 140.0]],
+        "stage_one": {**_record("ignored", 0, 0.05), "model": "PRORecTokenizer"},
+    }
+    records = [
+        {**_record("Tok variant", 0, 0.045), "model": "PRORecTokenizer"},
+        full,
+        {**_record("No KD", 0, 0.03), "model": "PRORec"},
+    ]
     (results / "ablation.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    suite = {"no_published": True, "compare_to": {"PRORecTokenizer": "Full: stage 1 (PRORecTokenizer)", "PRORec": "Full"},
-             "runs": [{"model": "PRORecTokenizer", "label": "Tok variant"}, {"model": "PRORec", "label": "Full"},
-                      {"model": "PRORec", "label": "No KD"}]}
+    suite = {
+        "no_published": True,
+        "compare_to": {"PRORecTokenizer": "Full: stage 1 (PRORecTokenizer)", "PRORec": "Full"},
+        "runs": [
+            {"model": "PRORecTokenizer", "label": "Tok variant"},
+            {"model": "PRORec", "label": "Full"},
+            {"model": "PRORec", "label": "No KD"},
+        ],
+    }
     (suites / "ablation.yaml").write_text(yaml.safe_dump(suite))
-    table = [line for line in report.build_report(results, suites, tmp_path / "plots").splitlines()
-             if line.startswith("| ") and "N@10" not in line and "---" not in line][:4]
+    table = [
+        line
+        for line in report.build_report(results, suites, tmp_path / "plots").splitlines()
+        if line.startswith("| ") and "N@10" not in line and "---" not in line
+    ][:4]
     assert [line.split(" | ")[0] for line in table] == [
-        "| Full: stage 1 (PRORecTokenizer)", "| Tok variant", "| Full", "| No KD"]
+        "| Full: stage 1 (PRORecTokenizer)",
+        "| Tok variant",
+        "| Full",
+        "| No KD",
+    ]
     assert table[0].endswith("|  |") and table[2].endswith("|  |")  # a reference row is not compared with itself
     assert table[1].endswith("| -10.0% |") and table[3].endswith("| -25.0% |")
     assert (tmp_path / "plots" / "ablation-d-valid.png").stat().st_size > 0
@@ -188,8 +242,15 @@ def test_random_item_codes_are_unique_with_a_padding_row():
 
 
 def test_scale_measurement_times_both_rankings(tmp_path):
-    overrides = {"d_model": 16, "attention_heads": 2, "encoder_layers": 1, "decoder_layers": 1, "d_ff": 32,
-                 "rqvae_codebook_size": 8, "history_tokens": "per_item"}
+    overrides = {
+        "d_model": 16,
+        "attention_heads": 2,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "d_ff": 32,
+        "rqvae_codebook_size": 8,
+        "history_tokens": "per_item",
+    }
     (record,) = speed.measure_scale([300], users=8, batch_size=4, config=overrides)
     assert record["n_items"] == 300 and record["beam_seconds"] > 0 and record["full_sort_seconds"] > 0
     lines = speed.report_lines("speed", {}, [record], tmp_path)
@@ -197,11 +258,22 @@ def test_scale_measurement_times_both_rankings(tmp_path):
 
 
 def test_dataset_measurement_times_both_tiger_layouts_over_random_codes(fast_run_config):
-    config = {**fast_run_config, "train_batch_size": 2, "d_model": 16, "attention_heads": 2, "encoder_layers": 1,
-              "decoder_layers": 1, "d_ff": 32, "hidden_size": 16, "inner_size": 32, "rqvae_codebook_size": 8}
+    config = {
+        **fast_run_config,
+        "train_batch_size": 2,
+        "d_model": 16,
+        "attention_heads": 2,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "d_ff": 32,
+        "hidden_size": 16,
+        "inner_size": 32,
+        "rqvae_codebook_size": 8,
+    }
     paper = {"model": "TIGER", "label": "TIGER (paper layout)", "config_files": ["properties/layout/seq2seq.yaml"]}
-    sasrec, tiger, tiger_paper = speed.measure_dataset("tiny", ["SASRec", "TIGER", paper], train_batches=2,
-                                                       config=config, random_codes=True)
+    sasrec, tiger, tiger_paper = speed.measure_dataset(
+        "tiny", ["SASRec", "TIGER", paper], train_batches=2, config=config, random_codes=True
+    )
     assert not sasrec["random_codes"] and tiger["random_codes"] and tiger_paper["random_codes"]
     assert tiger["test_users"] == sasrec["test_users"] == tiger_paper["test_users"] == 40
     assert tiger["train_seconds_per_epoch"] > 0 and tiger_paper["train_seconds_per_epoch"] > 0

@@ -28,7 +28,7 @@ def test_get_model_finds_recbole_builtins_and_lists_models_when_unknown():
 def test_sasrec_runs_one_epoch_and_reports_metrics(fast_run_config):
     result = run("SASRec", "tiny", config_dict=fast_run_config)
     assert result["epochs_run"] == 1
-    (epoch, score, seconds), = result["valid_curve"]
+    ((epoch, score, seconds),) = result["valid_curve"]
     assert (epoch, score) == (0, result["best_valid_score"]) and seconds > 0
     assert set(result["test_result"]) == {f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20)}
     checkpoint = compat.load_checkpoint(result["saved_model_file"])
@@ -52,7 +52,7 @@ def test_leave_one_out_puts_each_users_last_item_in_test(fast_run_config):
         rows = users == user
         assert times[rows].max() == times[rows][-1]
     raw_last = {}
-    for line in (open(f"{fast_run_config['data_path']}/tiny/tiny.inter").read().splitlines()[1:]):
+    for line in open(f"{fast_run_config['data_path']}/tiny/tiny.inter").read().splitlines()[1:]:
         user, item, _ = line.split("\t")
         raw_last[user] = item
     uid_tokens = dataset.field2id_token[dataset.uid_field]

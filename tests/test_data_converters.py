@@ -52,7 +52,9 @@ def test_p5_folder_positions_become_timestamps_and_meta_is_cleaned(tmp_path):
     write_lines(raw / "user_sequence.txt", ["u1 i1 i2 i3", "u2 i3 i1"])
     meta = {
         "i1": {
-            "p5_item_id": 1, "title": "Kirk&#39;s\tSoap &amp;\nMore", "brand": "K&amp;#39;s",  # escaped twice
+            "p5_item_id": 1,
+            "title": "Kirk&#39;s\tSoap &amp;\nMore",
+            "brand": "K&amp;#39;s",  # escaped twice
             "categories": [["Beauty", "Skin"], ["Bath"]],
         },
         "i2": {"title": None, "categories": [["Beauty"]], "brand": None},
@@ -71,12 +73,21 @@ def test_p5_folder_positions_become_timestamps_and_meta_is_cleaned(tmp_path):
     assert header == ["item_id:token", "title:token_seq", "brand:token_seq", "categories:token_seq"]
     assert list(items) == ["i1", "i2", "i3"]
     assert items["i1"] == {
-        "item_id": "i1", "title": "Kirk's Soap & More", "brand": "K's", "categories": "Beauty > Skin | Bath"
+        "item_id": "i1",
+        "title": "Kirk's Soap & More",
+        "brand": "K's",
+        "categories": "Beauty > Skin | Bath",
     }
     assert items["i2"]["title"] == "" and items["i3"]["categories"] == ""
     assert stats.as_dict() == {
-        "format": "p5", "n_users": 2, "n_items": 3, "n_interactions": 5, "n_items_with_title": 2,
-        "skipped_lines": 0, "duplicates": 0, "kcore_removed": 0,
+        "format": "p5",
+        "n_users": 2,
+        "n_items": 3,
+        "n_interactions": 5,
+        "n_items_with_title": 2,
+        "skipped_lines": 0,
+        "duplicates": 0,
+        "kcore_removed": 0,
     }
 
 
@@ -111,8 +122,15 @@ def test_p5_metadata_passed_explicitly_and_several_candidates_rejected(tmp_path)
 def test_2014_release_sorts_by_time_keeping_file_order_on_ties(tmp_path):
     reviews = [("u1", "z", 200), ("u1", "c", 100), ("u1", "a", 200), ("u1", "b", 50), ("u2", "a", 7)]
     metas = [
-        {"asin": "z", "title": "Zed &amp; co", "categories": [["Beauty", "Nails"]], "brand": "ZB", "price": 3.5,
-         "description": "Line one\nline\ttwo", "related": {"also_bought": ["a"]}},
+        {
+            "asin": "z",
+            "title": "Zed &amp; co",
+            "categories": [["Beauty", "Nails"]],
+            "brand": "ZB",
+            "price": 3.5,
+            "description": "Line one\nline\ttwo",
+            "related": {"also_bought": ["a"]},
+        },
         {"asin": "a", "title": "Ay", "categories": [["Beauty"], ["Gifts", "Sets"]]},
         {"asin": "c", "categories": [["Beauty"]]},
     ]
@@ -137,8 +155,14 @@ def test_2018_release(tmp_path):
     raw.mkdir()
     write_lines(raw / "Toys_5.json.gz", [review_2014("u1", "b", 20), review_2014("u1", "a", 10)])
     metas = [
-        {"asin": "a", "title": "Toy", "category": ["Toys &amp; Games", "Puzzles"], "brand": "T",
-         "description": ["First.", "Second."], "price": "$1,299.00"},
+        {
+            "asin": "a",
+            "title": "Toy",
+            "category": ["Toys &amp; Games", "Puzzles"],
+            "brand": "T",
+            "description": ["First.", "Second."],
+            "price": "$1,299.00",
+        },
         {"asin": "b", "title": "Other", "category": [], "price": "$5.99 - $9.99"},
     ]
     write_lines(raw / "meta_Toys.json.gz", [json.dumps(meta) for meta in metas])
@@ -148,8 +172,14 @@ def test_2018_release(tmp_path):
     _, rows = read_table(tmp_path / "out" / "toys" / "toys.inter")
     assert rows == [["u1", "a", "10"], ["u1", "b", "20"]]
     _, items = read_items(tmp_path / "out" / "toys", "toys")
-    assert items["a"] == {"item_id": "a", "title": "Toy", "brand": "T", "categories": "Toys & Games > Puzzles",
-                          "description": "First. Second.", "price": "1299"}
+    assert items["a"] == {
+        "item_id": "a",
+        "title": "Toy",
+        "brand": "T",
+        "categories": "Toys & Games > Puzzles",
+        "description": "First. Second.",
+        "price": "1299",
+    }
     assert items["b"]["price"] == ""  # a price range is not one amount
     assert stats.format == "2018"
 
@@ -202,8 +232,14 @@ MALFORMED = {
     "p5": ("user_sequence.txt", ["u1 a b", "u2", "u3 a b"]),
     "2014": ("reviews_X_5.json.gz", [review_2014("u1", "a", 1), '{"reviewerID": "u2"', review_2014("u3", "a", 1)]),
     "2018": ("X_5.json.gz", [review_2014("u1", "a", 1), json.dumps({"reviewerID": "u2"}), review_2014("u3", "a", 1)]),
-    "2023": ("X.jsonl.gz", [json.dumps({"user_id": "u1", "parent_asin": "a", "timestamp": 1}), "[1, 2]",
-                            json.dumps({"user_id": "u3", "parent_asin": "a", "timestamp": 1})]),
+    "2023": (
+        "X.jsonl.gz",
+        [
+            json.dumps({"user_id": "u1", "parent_asin": "a", "timestamp": 1}),
+            "[1, 2]",
+            json.dumps({"user_id": "u3", "parent_asin": "a", "timestamp": 1}),
+        ],
+    ),
 }
 
 
@@ -317,9 +353,14 @@ def test_ensure_atomic_files_error_says_which_files_to_put_where(tmp_path):
     message = str(error.value)
     folder = tmp_path / "amazon-beauty"
     for expected in (
-        f"{folder}/amazon-beauty.inter", f"{folder}/user_sequence.txt", f"{folder}/reviews_<Category>_5.json.gz",
-        f"{folder}/meta_<Category>.json.gz", f"{folder}/<Category>_5.json.gz", f"{folder}/<Category>.jsonl.gz",
-        f"{folder}/meta_<Category>.jsonl.gz", "ratings-only",
+        f"{folder}/amazon-beauty.inter",
+        f"{folder}/user_sequence.txt",
+        f"{folder}/reviews_<Category>_5.json.gz",
+        f"{folder}/meta_<Category>.json.gz",
+        f"{folder}/<Category>_5.json.gz",
+        f"{folder}/<Category>.jsonl.gz",
+        f"{folder}/meta_<Category>.jsonl.gz",
+        "ratings-only",
     ):
         assert expected in message
 

@@ -34,7 +34,9 @@ def test_recbole_loads_converted_files_and_tests_each_users_last_item(tmp_path, 
     )
     dataset = create_dataset(config)
     assert (dataset.user_num - 1, dataset.item_num - 1, dataset.inter_num) == (
-        len(sequences), len({i for seq in sequences.values() for i in seq}), sum(map(len, sequences.values())),
+        len(sequences),
+        len({i for seq in sequences.values() for i in seq}),
+        sum(map(len, sequences.values())),
     )
     _, valid_data, test_data = data_preparation(config, dataset)
 

@@ -16,13 +16,24 @@ from recbole_prorec.quantization import ItemCodeArtifact, quantize
 from recbole_prorec.quick_start import build_config, run
 
 TINY_MODEL = {
-    "d_model": 16, "attention_heads": 2, "encoder_layers": 1, "decoder_layers": 1, "d_ff": 32,
-    "n_user_buckets": 7, "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 2,
-    "learning_rate": 0.01, "stopping_step": 1,
+    "d_model": 16,
+    "attention_heads": 2,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "d_ff": 32,
+    "n_user_buckets": 7,
+    "hidden_size": 16,
+    "inner_size": 32,
+    "n_layers": 1,
+    "n_heads": 2,
+    "learning_rate": 0.01,
+    "stopping_step": 1,
 }
 # The layouts that rank by beam search: TIGER's paper layout, and the item-causal one with an autoregressive head.
-BEAM_LAYOUTS = [{"layout": "seq2seq", "train_windows": False, "item_id_input": False, "warm_start": False},
-                {"code_head": "autoregressive"}]
+BEAM_LAYOUTS = [
+    {"layout": "seq2seq", "train_windows": False, "item_id_input": False, "warm_start": False},
+    {"code_head": "autoregressive"},
+]
 
 
 class FakeEncoder:
@@ -43,9 +54,18 @@ def make_config(model_class, fast_run_config, **overrides):
 def stage_one_encoder_weights(dataset, config, seed=0):
     """Random weights of a SASRec encoder with the tiny sizes, standing in for a trained tokenizer's."""
     torch.manual_seed(seed)
-    encoder = SequenceEncoder(dataset.item_num, config["MAX_ITEM_LIST_LENGTH"], TINY_MODEL["hidden_size"],
-                              TINY_MODEL["n_layers"], TINY_MODEL["n_heads"], TINY_MODEL["inner_size"], 0.5, 0.5,
-                              "gelu", 1e-12)
+    encoder = SequenceEncoder(
+        dataset.item_num,
+        config["MAX_ITEM_LIST_LENGTH"],
+        TINY_MODEL["hidden_size"],
+        TINY_MODEL["n_layers"],
+        TINY_MODEL["n_heads"],
+        TINY_MODEL["inner_size"],
+        0.5,
+        0.5,
+        "gelu",
+        1e-12,
+    )
     return {name: value.numpy() for name, value in encoder.state_dict().items()}
 
 
@@ -173,7 +193,9 @@ def test_tiger_builds_and_caches_its_semantic_artifact(fast_run_config, monkeypa
 
     monkeypatch.setattr(semantic, "load_sentence_encoder", fake_loader)
     overrides = {
-        "semantic_model": "fake", "rqvae_levels": 2, "rqvae_codebook_size": 4,
+        "semantic_model": "fake",
+        "rqvae_levels": 2,
+        "rqvae_codebook_size": 4,
         "rqvae_kwargs": {"epochs": 3, "hidden_dims": [16], "latent_dim": 4, "show_progress": False},
     }
     config = make_config(TIGER, fast_run_config, **overrides)
@@ -191,7 +213,10 @@ def test_tiger_builds_and_caches_its_semantic_artifact(fast_run_config, monkeypa
 def test_prorec_run_trains_the_tokenizer_first_then_reuses_its_artifact(fast_run_config, monkeypatch):
     monkeypatch.setattr(semantic, "load_sentence_encoder", lambda name, device="cpu": FakeEncoder())
     overrides = {
-        **fast_run_config, **TINY_MODEL, "text_fields": ["title", "brand", "categories"], "cache_dir": "cache",
+        **fast_run_config,
+        **TINY_MODEL,
+        "text_fields": ["title", "brand", "categories"],
+        "cache_dir": "cache",
         "tokenizer_config": {"code_levels": 2, "codebook_size": 4},
     }
     first = run("PRORec", "tiny", config_dict=overrides)
@@ -214,11 +239,15 @@ def test_prorec_run_trains_the_tokenizer_first_then_reuses_its_artifact(fast_run
     rebuilt = tokenize.main(["--checkpoint", first["stage_one"]["saved_model_file"], "--code_source", "concat"])
     assert rebuilt["path"] != first["stage_one"]["artifact"]["path"]
     assert np.array_equal(ItemCodeArtifact.load(first["stage_one"]["artifact"]["path"]).codes, integrated.codes)
-    concat = run("PRORec", "tiny", config_dict={
-        **overrides, "tokenizer_config": {**overrides["tokenizer_config"], "code_source": "concat"}})
+    concat = run(
+        "PRORec",
+        "tiny",
+        config_dict={**overrides, "tokenizer_config": {**overrides["tokenizer_config"], "code_source": "concat"}},
+    )
     assert "stage_one" not in concat and concat["artifact"]["stats"] == rebuilt["stats"]
-    kmeans_on_concat = tokenize.main(["--checkpoint", first["stage_one"]["saved_model_file"], "--code_source",
-                                      "concat", "--quantizer", "rkmeans"])  # the checkpoint's quantizer: same key
+    kmeans_on_concat = tokenize.main(
+        ["--checkpoint", first["stage_one"]["saved_model_file"], "--code_source", "concat", "--quantizer", "rkmeans"]
+    )  # the checkpoint's quantizer: same key
     assert kmeans_on_concat["path"] == rebuilt["path"]
 
 

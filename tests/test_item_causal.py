@@ -23,8 +23,14 @@ def window(model, items, target):
     """An interaction holding one left-aligned history `items` and its `target`."""
     item_seq = torch.zeros(1, model.max_seq_length, dtype=torch.long)
     item_seq[0, : len(items)] = torch.tensor(items)
-    return Interaction({model.ITEM_SEQ: item_seq, model.ITEM_SEQ_LEN: torch.tensor([len(items)]),
-                        model.POS_ITEM_ID: torch.tensor([target]), model.USER_ID: torch.tensor([1])})
+    return Interaction(
+        {
+            model.ITEM_SEQ: item_seq,
+            model.ITEM_SEQ_LEN: torch.tensor([len(items)]),
+            model.POS_ITEM_ID: torch.tensor([target]),
+            model.USER_ID: torch.tensor([1]),
+        }
+    )
 
 
 @pytest.mark.parametrize("code_head", ["parallel", "autoregressive"])

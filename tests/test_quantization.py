@@ -1,4 +1,5 @@
 """Contracts of recbole_prorec.quantization: k-means, residual levels, collisions, RQ-VAE, determinism."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,5 @@
 """Contracts of ItemCodeArtifact: round trip, atomic files, validation, dataset mismatch errors."""
+
 import json
 import types
 
@@ -111,4 +112,3 @@ def test_pickled_arrays_are_refused(tmp_path):
 def test_invalid_artifacts_are_rejected(codes, message):
     with pytest.raises(ValueError, match=message):
         ItemCodeArtifact(codes, TOKENS, np.zeros((4, 3), dtype=np.float32))
-

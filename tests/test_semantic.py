@@ -28,7 +28,9 @@ class FakeEncoder:
 def fake_encoder(monkeypatch):
     FakeEncoder.calls = 0
     loaded = []
-    monkeypatch.setattr(semantic, "load_sentence_encoder", lambda name, device="cpu": loaded.append(name) or FakeEncoder())
+    monkeypatch.setattr(
+        semantic, "load_sentence_encoder", lambda name, device="cpu": loaded.append(name) or FakeEncoder()
+    )
     return loaded
 
 
@@ -38,23 +40,35 @@ def fake_dataset(folder, item_rows, tokens=("a", "b", "c")):
     (folder / "tiny" / "tiny.item").write_text("\n".join([ITEM_HEADER, *item_rows]) + "\n", encoding="utf-8")
     id_tokens = np.array(["[PAD]", *tokens])
     return SimpleNamespace(
-        dataset_path=str(folder / "tiny"), dataset_name="tiny", iid_field="item_id", item_num=len(id_tokens),
-        field2id_token={"item_id": id_tokens}, field2token_id={"item_id": {t: i for i, t in enumerate(id_tokens)}},
+        dataset_path=str(folder / "tiny"),
+        dataset_name="tiny",
+        iid_field="item_id",
+        item_num=len(id_tokens),
+        field2id_token={"item_id": id_tokens},
+        field2token_id={"item_id": {t: i for i, t in enumerate(id_tokens)}},
     )
 
 
 def config(folder, model="fake-model"):
-    return {"text_fields": ["title", "brand", "categories"], "semantic_model": model, "semantic_batch_size": 2,
-            "cache_dir": str(folder / "cache"), "device": "cpu"}
+    return {
+        "text_fields": ["title", "brand", "categories"],
+        "semantic_model": model,
+        "semantic_batch_size": 2,
+        "cache_dir": str(folder / "cache"),
+        "device": "cpu",
+    }
 
 
 def test_item_texts_follow_internal_ids_unescape_html_and_skip_empty_fields(tmp_path):
-    dataset = fake_dataset(tmp_path, [
-        "c\tLip &amp; Cheek\t\tBeauty > Makeup > Lips | Beauty > Face",
-        "a\tShampoo\tAcme\t",
-        "zz\tNot in the dataset\t\t",
-        "b\tSoap\tAcme\tBeauty",
-    ])
+    dataset = fake_dataset(
+        tmp_path,
+        [
+            "c\tLip &amp; Cheek\t\tBeauty > Makeup > Lips | Beauty > Face",
+            "a\tShampoo\tAcme\t",
+            "zz\tNot in the dataset\t\t",
+            "b\tSoap\tAcme\tBeauty",
+        ],
+    )
     texts = semantic.item_texts(dataset, ["title", "brand", "categories"])
     assert texts == [
         "",
@@ -103,7 +117,8 @@ def test_changed_text_or_model_misses_the_cache(tmp_path, fake_encoder):
 def test_bundled_minilm_encodes_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     encoder = semantic.load_sentence_encoder("all-MiniLM-L6-v2")
-    embeddings = encoder.encode(["a red lipstick", "a hammer"], batch_size=2, show_progress_bar=False,
-                                convert_to_numpy=True)
+    embeddings = encoder.encode(
+        ["a red lipstick", "a hammer"], batch_size=2, show_progress_bar=False, convert_to_numpy=True
+    )
     assert embeddings.shape == (2, 384)
     assert np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-4)

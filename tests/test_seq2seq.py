@@ -8,8 +8,21 @@ from recbole_prorec.model.seq2seq import PAD, CodeSeq2Seq
 
 # 12 items over codebooks of sizes 3, 4, 2 (row 0 = padding item).
 CODES = torch.tensor(
-    [[-1, -1, -1], [0, 0, 0], [0, 0, 1], [0, 3, 0], [1, 1, 0], [1, 2, 0], [1, 2, 1],
-     [2, 0, 0], [2, 0, 1], [2, 3, 1], [0, 1, 1], [2, 1, 0], [1, 3, 0]]
+    [
+        [-1, -1, -1],
+        [0, 0, 0],
+        [0, 0, 1],
+        [0, 3, 0],
+        [1, 1, 0],
+        [1, 2, 0],
+        [1, 2, 1],
+        [2, 0, 0],
+        [2, 0, 1],
+        [2, 3, 1],
+        [0, 1, 1],
+        [2, 1, 0],
+        [1, 3, 0],
+    ]
 )
 NUM_ITEMS = len(CODES) - 1
 HISTORIES = torch.tensor([[1, 2, 3, 0, 0], [4, 0, 0, 0, 0], [5, 6, 7, 8, 9], [10, 11, 0, 0, 0]])  # left-aligned
@@ -19,8 +32,16 @@ USERS = torch.tensor([0, 3, 7, 11])
 def tiny_model(history_tokens="per_code", user_buckets=5, chunk_size=3, seed=0):
     torch.manual_seed(seed)
     model = CodeSeq2Seq(
-        [3, 4, 2], max_history=5, d_model=16, n_heads=2, encoder_layers=2, decoder_layers=2, d_ff=32,
-        history_tokens=history_tokens, num_user_buckets=user_buckets, chunk_size=chunk_size,
+        [3, 4, 2],
+        max_history=5,
+        d_model=16,
+        n_heads=2,
+        encoder_layers=2,
+        decoder_layers=2,
+        d_ff=32,
+        history_tokens=history_tokens,
+        num_user_buckets=user_buckets,
+        chunk_size=chunk_size,
     )
     return model.eval()
 

@@ -26,8 +26,9 @@ def model_top_k(checkpoint, users, item_seq, lengths, k):
     """The model's own ranking, as item tokens per user token."""
     _, model, _, test_dataset = load_recommender(checkpoint)
     with torch.no_grad():
-        scores = model.full_sort_predict(Interaction({model.USER_ID: users, model.ITEM_SEQ: item_seq,
-                                                      model.ITEM_SEQ_LEN: lengths}))
+        scores = model.full_sort_predict(
+            Interaction({model.USER_ID: users, model.ITEM_SEQ: item_seq, model.ITEM_SEQ_LEN: lengths})
+        )
     scores[:, 0] = -torch.inf
     tokens = test_dataset.field2id_token[test_dataset.iid_field]
     user_tokens = test_dataset.field2id_token[test_dataset.uid_field]
@@ -55,8 +56,10 @@ def test_whole_history_view_ends_with_the_test_item(checkpoint):
     assert torch.equal(seq[torch.arange(len(seq)), length - 1], last)
     short = test_len < test_seq.shape[1]
     assert torch.equal(length[short], test_len[short] + 1)
-    assert torch.equal(seq[short].gather(1, (test_len[short] - 1).unsqueeze(1)),
-                       test_seq[short].gather(1, (test_len[short] - 1).unsqueeze(1)))
+    assert torch.equal(
+        seq[short].gather(1, (test_len[short] - 1).unsqueeze(1)),
+        test_seq[short].gather(1, (test_len[short] - 1).unsqueeze(1)),
+    )
 
 
 def test_unknown_user_gets_the_most_popular_items_flagged(checkpoint, tmp_path):
@@ -91,8 +94,10 @@ def test_refresh_recomputes_only_the_users_with_new_interactions(checkpoint, tmp
     before = {user: (store.top_k(user), store.history(user)) for user in store.users()}
     store.close()
     new = tmp_path / "new.inter"
-    new.write_text("user_id:token\titem_id:token\ttimestamp:float\nu3\ti7\t100\nu3\ti2\t99\nu5\tunknown-item\t1\n"
-                   "u9\ti4\t50\nnewcomer\ti1\t1\n")
+    new.write_text(
+        "user_id:token\titem_id:token\ttimestamp:float\nu3\ti7\t100\nu3\ti2\t99\nu5\tunknown-item\t1\n"
+        "u9\ti4\t50\nnewcomer\ti1\t1\n"
+    )
     assert refresh(checkpoint, path, new) == {"users": 3, "skipped_items": 1}
     store = open_store(path)
     assert store.history("u3") == (before["u3"][1] + ["i2", "i7"])[-20:]  # in time order

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import write_tiny_dataset
 from recbole.data import create_dataset, data_preparation
 from recbole.trainer import Trainer
 from recbole.utils import init_seed
@@ -14,8 +15,6 @@ from recbole_prorec import analysis, semantic, tokenize
 from recbole_prorec.model.tokenizer import AdaptiveLayerNorm, ModalityAdapter, PRORecTokenizer, symmetric_info_nce
 from recbole_prorec.quantization import ItemCodeArtifact
 from recbole_prorec.quick_start import build_config
-
-from conftest import write_tiny_dataset
 
 SEMANTIC_DIM = 12
 
@@ -37,10 +36,18 @@ def trained(tmp_path_factory):
         patch.chdir(folder)
         patch.setattr(semantic, "load_sentence_encoder", lambda name, device="cpu": FakeEncoder())
         config = build_config(
-            PRORecTokenizer, "tiny",
-            config_dict={"data_path": str(folder / "data"), "epochs": 1, "train_batch_size": 32, "codebook_size": 4,
-                         "use_gpu": False, "show_progress": False, "semantic_model": "fake",
-                         "text_fields": ["title", "brand", "categories"]},
+            PRORecTokenizer,
+            "tiny",
+            config_dict={
+                "data_path": str(folder / "data"),
+                "epochs": 1,
+                "train_batch_size": 32,
+                "codebook_size": 4,
+                "use_gpu": False,
+                "show_progress": False,
+                "semantic_model": "fake",
+                "text_fields": ["title", "brand", "categories"],
+            },
         )
         init_seed(config["seed"], config["reproducibility"])
         dataset = create_dataset(config)
@@ -48,8 +55,14 @@ def trained(tmp_path_factory):
         model = PRORecTokenizer(config, train_data._dataset)
         trainer = Trainer(config, model)
         trainer.fit(train_data, valid_data, saved=True, show_progress=False)
-        yield {"folder": folder, "config": config, "dataset": dataset, "model": model, "trainer": trainer,
-               "train_data": train_data}
+        yield {
+            "folder": folder,
+            "config": config,
+            "dataset": dataset,
+            "model": model,
+            "trainer": trainer,
+            "train_data": train_data,
+        }
 
 
 def test_info_nce_equals_a_hand_computation():
@@ -58,10 +71,14 @@ def test_info_nce_equals_a_hand_computation():
     t = 0.5
     # cosines: a0.p0 = 1, a0.p1 = 1/sqrt2, a1.p0 = 0, a1.p1 = 1/sqrt2
     s = 1 / math.sqrt(2)
-    rows = [-math.log(math.exp(1 / t) / (math.exp(1 / t) + math.exp(s / t))),
-            -math.log(math.exp(s / t) / (math.exp(0) + math.exp(s / t)))]
-    columns = [-math.log(math.exp(1 / t) / (math.exp(1 / t) + math.exp(0))),
-               -math.log(math.exp(s / t) / (math.exp(s / t) + math.exp(s / t)))]
+    rows = [
+        -math.log(math.exp(1 / t) / (math.exp(1 / t) + math.exp(s / t))),
+        -math.log(math.exp(s / t) / (math.exp(0) + math.exp(s / t))),
+    ]
+    columns = [
+        -math.log(math.exp(1 / t) / (math.exp(1 / t) + math.exp(0))),
+        -math.log(math.exp(s / t) / (math.exp(s / t) + math.exp(s / t))),
+    ]
     expected = 0.5 * (sum(rows) / 2 + sum(columns) / 2)
     assert symmetric_info_nce(anchors, positives, t).item() == pytest.approx(expected, rel=1e-6)
 
@@ -79,7 +96,9 @@ def test_adaptive_layernorm_starts_as_layernorm_and_trains_gamma_and_beta():
 
 @pytest.mark.parametrize("adaptation", ["adaln", "layernorm", "mlp"])
 def test_modality_adapter_maps_semantic_to_hidden_size(adaptation):
-    adapter = ModalityAdapter(semantic_size=12, hidden_size=6, inner_size=16, dropout=0.0, adaptation=adaptation, eps=1e-12)
+    adapter = ModalityAdapter(
+        semantic_size=12, hidden_size=6, inner_size=16, dropout=0.0, adaptation=adaptation, eps=1e-12
+    )
     assert adapter(torch.randn(5, 12), torch.randn(12)).shape == (5, 6)
 
 
@@ -145,7 +164,9 @@ def test_unsupported_options_are_rejected(trained):
 def test_tokenize_cli_rebuilds_an_artifact_from_the_checkpoint(trained, monkeypatch, tmp_path):
     monkeypatch.chdir(trained["folder"])
     output = tmp_path / "concat-codes"
-    tokenize.main(["--checkpoint", trained["trainer"].saved_model_file, "--code_source", "concat", "--output", str(output)])
+    tokenize.main(
+        ["--checkpoint", trained["trainer"].saved_model_file, "--code_source", "concat", "--output", str(output)]
+    )
     artifact = ItemCodeArtifact.load(output, dataset=trained["dataset"])
     assert artifact.embeddings.shape == (trained["dataset"].item_num, 64 + SEMANTIC_DIM)
     assert artifact.config["code_source"] == "concat"

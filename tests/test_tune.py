@@ -9,7 +9,14 @@ import yaml
 
 from recbole_prorec.quick_start import build_config
 from recbole_prorec.tune import (
-    SearchSettings, SearchSpaceError, build_scheduler, load_search_space, main, plan_search, sampled_keys, search,
+    SearchSettings,
+    SearchSpaceError,
+    build_scheduler,
+    load_search_space,
+    main,
+    plan_search,
+    sampled_keys,
+    search,
 )
 from recbole_prorec.utils import PROPERTIES_DIR, get_model, model_config_files
 
@@ -44,17 +51,25 @@ def test_constants_stay_constant_and_distributions_nest(tmp_path):
     assert sampled_keys(space) == ["hidden_dropout_prob", "tokenizer_config.align_weight"]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("learning_rate: {loguniformm: [1e-4, 1e-2]}",
-     r"key 'learning_rate': unknown distribution 'loguniformm' \(did you mean 'loguniform'"),
-    ("learning_rate: {uniform: [0.1]}", r"key 'learning_rate': uniform expects \[low, high\]"),
-    ("learning_rate: {uniform: [0.5, 0.1]}", r"key 'learning_rate': uniform needs low < high, got low=0.5, high=0.1"),
-    ("learning_rate: {loguniform: [0, 0.1]}", r"key 'learning_rate': loguniform needs low > 0"),
-    ("n_layers: {randint: [1.5, 3]}", r"key 'n_layers': randint bounds must be integers"),
-    ("hidden_size: {choice: []}", r"key 'hidden_size': choice expects a non-empty list"),
-    ("learning_rate: [1e-4\nn_layers: 2\n", r"line \d+: not valid YAML"),
-    ("- learning_rate\n- n_layers\n", r"expected a mapping of option names"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "learning_rate: {loguniformm: [1e-4, 1e-2]}",
+            r"key 'learning_rate': unknown distribution 'loguniformm' \(did you mean 'loguniform'",
+        ),
+        ("learning_rate: {uniform: [0.1]}", r"key 'learning_rate': uniform expects \[low, high\]"),
+        (
+            "learning_rate: {uniform: [0.5, 0.1]}",
+            r"key 'learning_rate': uniform needs low < high, got low=0.5, high=0.1",
+        ),
+        ("learning_rate: {loguniform: [0, 0.1]}", r"key 'learning_rate': loguniform needs low > 0"),
+        ("n_layers: {randint: [1.5, 3]}", r"key 'n_layers': randint bounds must be integers"),
+        ("hidden_size: {choice: []}", r"key 'hidden_size': choice expects a non-empty list"),
+        ("learning_rate: [1e-4\nn_layers: 2\n", r"line \d+: not valid YAML"),
+        ("- learning_rate\n- n_layers\n", r"expected a mapping of option names"),
+    ],
+)
 def test_bad_search_space_file_names_file_and_key(tmp_path, text, message):
     path = tmp_path / "space.yaml"
     path.write_text(text)
@@ -62,11 +77,16 @@ def test_bad_search_space_file_names_file_and_key(tmp_path, text, message):
         load_search_space(path)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("learning_rat: {loguniform: [1e-4, 1e-2]}",
-     r"key 'learning_rat' is not an option of SASRec \(did you mean 'learning_rate'\?\)"),
-    ("learning_rate: {normal: [0.001, 0.0001]}", r"key 'learning_rate': .* is neither a distribution"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "learning_rat: {loguniform: [1e-4, 1e-2]}",
+            r"key 'learning_rat' is not an option of SASRec \(did you mean 'learning_rate'\?\)",
+        ),
+        ("learning_rate: {normal: [0.001, 0.0001]}", r"key 'learning_rate': .* is neither a distribution"),
+    ],
+)
 def test_space_keys_must_be_options_of_the_run(tiny_data_path, tmp_path, text, message):
     path = tmp_path / "space.yaml"
     path.write_text(text)
@@ -112,8 +132,15 @@ def test_search_table_is_the_trials_reports_sorted_and_an_error_keeps_the_others
     space = tmp_path / "space.yaml"
     space.write_text("learning_rate: {loguniform: [1e-3, 1e-2]}\nn_heads: {choice: [2, 3]}\nhidden_size: 64\n")
     settings = SearchSettings(
-        "SASRec", "tiny", space_file=space, num_samples=3, scheduler="fifo", seed=0,
-        overrides={**fast_run_config, "epochs": 2}, output=tmp_path / "tune", name="sasrec",
+        "SASRec",
+        "tiny",
+        space_file=space,
+        num_samples=3,
+        scheduler="fifo",
+        seed=0,
+        overrides={**fast_run_config, "epochs": 2},
+        output=tmp_path / "tune",
+        name="sasrec",
     )
     rows = search(settings, num_cpus=1, verbose=0)
 
@@ -127,8 +154,8 @@ def test_search_table_is_the_trials_reports_sorted_and_an_error_keeps_the_others
         assert len(reports) == 3  # a validation report after each of the 2 epochs, then the final one
         assert [r["epochs_trained"] for r in reports] == [1, 2, 2]
         final = reports[-1]
-        assert row["valid"] == {k[len("valid_"):]: v for k, v in final.items() if k.startswith("valid_")}
-        assert row["test"] == {k[len("test_"):]: v for k, v in final.items() if k.startswith("test_")}
+        assert row["valid"] == {k[len("valid_") :]: v for k, v in final.items() if k.startswith("valid_")}
+        assert row["test"] == {k[len("test_") :]: v for k, v in final.items() if k.startswith("test_")}
         assert row["best_epoch"] == final["best_epoch"]
         assert row["valid"]["ndcg@10"] == max(r["valid_ndcg@10"] for r in reports)
         assert set(row["test"]) == {f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20)}
@@ -154,13 +181,27 @@ def test_two_stage_search_trains_stage_one_once_and_names_it_in_the_best_config(
     space = tmp_path / "space.yaml"
     space.write_text("learning_rate: {loguniform: [1e-3, 1e-2]}\nkd_item_weight: {choice: [0.1, 0.5]}\n")
     tiny_model = {
-        "d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "d_ff": 64, "attention_heads": 2,
-        "n_user_buckets": 0, "hidden_size": 16, "inner_size": 32, "code_levels": 2, "codebook_size": 4,
+        "d_model": 32,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "d_ff": 64,
+        "attention_heads": 2,
+        "n_user_buckets": 0,
+        "hidden_size": 16,
+        "inner_size": 32,
+        "code_levels": 2,
+        "codebook_size": 4,
         "text_fields": ["title", "brand", "categories"],
     }
     settings = SearchSettings(
-        "PRORec", "tiny", space_file=space, num_samples=2, scheduler="fifo",
-        overrides={**fast_run_config, **tiny_model}, output=tmp_path / "tune", name="prorec",
+        "PRORec",
+        "tiny",
+        space_file=space,
+        num_samples=2,
+        scheduler="fifo",
+        overrides={**fast_run_config, **tiny_model},
+        output=tmp_path / "tune",
+        name="prorec",
     )
     rows = search(settings, num_cpus=1, verbose=0)
 

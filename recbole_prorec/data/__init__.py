@@ -8,5 +8,11 @@ from recbole_prorec.data.atomic import ConversionStats
 from recbole_prorec.data.convert import convert, ensure_atomic_files
 
 __all__ = [
-    "FORMATS", "ConversionError", "ConversionStats", "RawSource", "convert", "detect_format", "ensure_atomic_files",
+    "FORMATS",
+    "ConversionError",
+    "ConversionStats",
+    "RawSource",
+    "convert",
+    "detect_format",
+    "ensure_atomic_files",
 ]

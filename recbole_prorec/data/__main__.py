@@ -51,7 +51,12 @@ def main(argv=None):
     start = time.perf_counter()
     try:
         stats = convert(
-            args.source, args.out, args.name, fmt=args.format, meta=args.meta, kcore=args.kcore,
+            args.source,
+            args.out,
+            args.name,
+            fmt=args.format,
+            meta=args.meta,
+            kcore=args.kcore,
             skip_malformed=args.skip_malformed,
         )
     except (ConversionError, FileNotFoundError) as error:

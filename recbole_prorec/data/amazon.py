@@ -16,11 +16,11 @@ and k-core filtering are done once, downstream, for all formats.
 import ast
 import dataclasses
 import gzip
-import zlib
 import json
 import math
 import pathlib
 import re
+import zlib
 
 from tqdm import tqdm
 
@@ -54,16 +54,37 @@ RELEASES = {
     release.name: release
     for release in (
         AmazonRelease(
-            "2014", re.compile(r"^reviews_(?P<category>.+)_5\.json(\.gz)?$"), "meta_{category}.json",
-            "reviewerID", "asin", "unixReviewTime", 1.0, "asin", ast.literal_eval,
+            "2014",
+            re.compile(r"^reviews_(?P<category>.+)_5\.json(\.gz)?$"),
+            "meta_{category}.json",
+            "reviewerID",
+            "asin",
+            "unixReviewTime",
+            1.0,
+            "asin",
+            ast.literal_eval,
         ),
         AmazonRelease(
-            "2018", re.compile(r"^(?!reviews_|meta_)(?P<category>.+)_5\.json(\.gz)?$"), "meta_{category}.json",
-            "reviewerID", "asin", "unixReviewTime", 1.0, "asin", json.loads,
+            "2018",
+            re.compile(r"^(?!reviews_|meta_)(?P<category>.+)_5\.json(\.gz)?$"),
+            "meta_{category}.json",
+            "reviewerID",
+            "asin",
+            "unixReviewTime",
+            1.0,
+            "asin",
+            json.loads,
         ),
         AmazonRelease(
-            "2023", re.compile(r"^(?!meta_)(?P<category>.+)\.jsonl(\.gz)?$"), "meta_{category}.jsonl",
-            "user_id", "parent_asin", "timestamp", 1e-3, "parent_asin", json.loads,
+            "2023",
+            re.compile(r"^(?!meta_)(?P<category>.+)\.jsonl(\.gz)?$"),
+            "meta_{category}.jsonl",
+            "user_id",
+            "parent_asin",
+            "timestamp",
+            1e-3,
+            "parent_asin",
+            json.loads,
         ),
     )
 }

@@ -51,16 +51,33 @@ class SequenceEncoder(nn.Module):
     Sequences are left-aligned with padding item 0 at the end (RecBole's layout).
     """
 
-    def __init__(self, n_items, max_seq_length, hidden_size, n_layers, n_heads, inner_size, hidden_dropout_prob,
-                 attn_dropout_prob, hidden_act, layer_norm_eps, item_embedding=True):
+    def __init__(
+        self,
+        n_items,
+        max_seq_length,
+        hidden_size,
+        n_layers,
+        n_heads,
+        inner_size,
+        hidden_dropout_prob,
+        attn_dropout_prob,
+        hidden_act,
+        layer_norm_eps,
+        item_embedding=True,
+    ):
         super().__init__()
         self.item_embedding = nn.Embedding(n_items, hidden_size, padding_idx=0) if item_embedding else None
         self.position_embedding = nn.Embedding(max_seq_length, hidden_size)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(hidden_dropout_prob)
         self.trm_encoder = TransformerEncoder(
-            n_layers=n_layers, n_heads=n_heads, hidden_size=hidden_size, inner_size=inner_size,
-            hidden_dropout_prob=hidden_dropout_prob, attn_dropout_prob=attn_dropout_prob, hidden_act=hidden_act,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            hidden_size=hidden_size,
+            inner_size=inner_size,
+            hidden_dropout_prob=hidden_dropout_prob,
+            attn_dropout_prob=attn_dropout_prob,
+            hidden_act=hidden_act,
             layer_norm_eps=layer_norm_eps,
         )
         use_uniform_dropout(self)
@@ -83,8 +100,10 @@ class SequenceEncoder(nn.Module):
         own = self.state_dict()
         missing = sorted(set(own) - set(weights))
         if missing:
-            raise ValueError(f"{source} carries no stage-1 weights for {missing[:3]}{'...' if len(missing) > 3 else ''}: "
-                             "rebuild it with this version (python -m recbole_prorec.tokenize --checkpoint ...)")
+            raise ValueError(
+                f"{source} carries no stage-1 weights for {missing[:3]}{'...' if len(missing) > 3 else ''}: "
+                "rebuild it with this version (python -m recbole_prorec.tokenize --checkpoint ...)"
+            )
         for name, value in own.items():
             if tuple(weights[name].shape) != tuple(value.shape):
                 raise ValueError(

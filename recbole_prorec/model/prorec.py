@@ -81,7 +81,9 @@ class PRORec(TIGER):
         stage_one_options = {"warm_start": config["warm_start"], "stage_one_fusion": self.stage_one_fusion}
         used = [key for key, value in stage_one_options.items() if value]
         if used and self.layout != "item_causal":
-            raise ValueError(f"{', '.join(used)} need layout 'item_causal' (the stage-1 encoder's shape), got {self.layout!r}")
+            raise ValueError(
+                f"{', '.join(used)} need layout 'item_causal' (the stage-1 encoder's shape), got {self.layout!r}"
+            )
         if config["warm_start_head"] and not config["warm_start"]:
             raise ValueError("warm_start_head starts the code head from stage 1's item embeddings: set warm_start too")
         source = f"tokenizer_artifact {config['tokenizer_artifact']}"

@@ -126,7 +126,9 @@ class TIGER(SequentialRecommender):
         self.code_index = CodeIndex(item_codes)
         self.register_buffer("item_codes", item_codes, persistent=False)
         # saved with the weights: a checkpoint names the codes it was trained on (see load_state_dict)
-        self.register_buffer("artifact_sha256", torch.tensor(list(bytes.fromhex(self.artifact.digest)), dtype=torch.uint8))
+        self.register_buffer(
+            "artifact_sha256", torch.tensor(list(bytes.fromhex(self.artifact.digest)), dtype=torch.uint8)
+        )
         if self.layout == "seq2seq":
             self.seq2seq = CodeSeq2Seq(
                 self.code_index.codebook_sizes,
@@ -154,9 +156,17 @@ class TIGER(SequentialRecommender):
     def build_sequence_encoder(self, config, item_embedding):
         """A `SequenceEncoder` of the configured size (SASRec's option names, as in PRORecTokenizer.yaml)."""
         return SequenceEncoder(
-            self.n_items, self.max_seq_length, config["hidden_size"], config["n_layers"], config["n_heads"],
-            config["inner_size"], config["hidden_dropout_prob"], config["attn_dropout_prob"], config["hidden_act"],
-            config["layer_norm_eps"], item_embedding=item_embedding,
+            self.n_items,
+            self.max_seq_length,
+            config["hidden_size"],
+            config["n_layers"],
+            config["n_heads"],
+            config["inner_size"],
+            config["hidden_dropout_prob"],
+            config["attn_dropout_prob"],
+            config["hidden_act"],
+            config["layer_norm_eps"],
+            item_embedding=item_embedding,
         )
 
     def load_artifact(self, config, dataset):
@@ -173,8 +183,11 @@ class TIGER(SequentialRecommender):
         """
         saved = state_dict.get("artifact_sha256")
         if saved is None:
-            logger.warning("checkpoint has no artifact_sha256 (saved before it was recorded): its item codes are not "
-                           "verified against %s", self.artifact_path)
+            logger.warning(
+                "checkpoint has no artifact_sha256 (saved before it was recorded): its item codes are not "
+                "verified against %s",
+                self.artifact_path,
+            )
             state_dict = {**state_dict, "artifact_sha256": self.artifact_sha256}
         elif not torch.equal(saved.to(self.artifact_sha256.device), self.artifact_sha256):
             raise ValueError(
@@ -220,7 +233,9 @@ class TIGER(SequentialRecommender):
         """The batch's teacher-forced `GenerationStep` (every position of every window, or one per sample)."""
         item_seq, target_items = interaction[self.ITEM_SEQ], interaction[self.POS_ITEM_ID]
         if self.layout == "seq2seq":
-            output = self.seq2seq(self.history_codes(interaction), self.item_codes[target_items], interaction[self.USER_ID])
+            output = self.seq2seq(
+                self.history_codes(interaction), self.item_codes[target_items], interaction[self.USER_ID]
+            )
             log_probs = self.seq2seq.code_log_probs(output.logits, self.item_codes[target_items])
             # decoder position 0 has read only BOS: it predicts the target without having seen its codes
             return GenerationStep(log_probs, target_items, output.decoder_hidden[:, 0], output.memory_mean, item_seq)
@@ -264,7 +279,8 @@ class TIGER(SequentialRecommender):
         """Constrained beam search with the autoregressive code head from states `[B, d]`."""
 
         def step_log_probs(prefix, parent):  # prefix [B, W, t] -> [B, W, K_t]
-            return self.code_head.level_log_probs(state.unsqueeze(1).expand(-1, prefix.shape[1], -1), prefix,
-                                                  prefix.shape[-1])
+            return self.code_head.level_log_probs(
+                state.unsqueeze(1).expand(-1, prefix.shape[1], -1), prefix, prefix.shape[-1]
+            )
 
         return constrained_beam_search(step_log_probs, self.code_index, state.shape[0], self.beam_size, state.device)

@@ -34,8 +34,19 @@ ALIGN_ITEMS = ("target", "all")
 # SASRec's sequence encoder, carried in the artifact so that stage 2 can start from it (PRORec's warm_start).
 SEQUENCE_ENCODER_MODULES = ("item_embedding", "position_embedding", "LayerNorm", "trm_encoder")
 # Run options that shape the embeddings, recorded in the artifact (with every option of our YAML).
-_RUN_KEYS = ("dataset", "text_fields", "seed", "epochs", "train_batch_size", "learner", "learning_rate",
-             "weight_decay", "MAX_ITEM_LIST_LENGTH", "valid_metric", "stopping_step")
+_RUN_KEYS = (
+    "dataset",
+    "text_fields",
+    "seed",
+    "epochs",
+    "train_batch_size",
+    "learner",
+    "learning_rate",
+    "weight_decay",
+    "MAX_ITEM_LIST_LENGTH",
+    "valid_metric",
+    "stopping_step",
+)
 
 
 def symmetric_info_nce(anchors, positives, temperature):
@@ -134,7 +145,9 @@ class PRORecTokenizer(SASRec):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         if self.loss_type != "CE":
-            raise ValueError(f"PRORecTokenizer trains with loss_type 'CE' (softmax over all items), got {self.loss_type!r}")
+            raise ValueError(
+                f"PRORecTokenizer trains with loss_type 'CE' (softmax over all items), got {self.loss_type!r}"
+            )
         self.align_weight = config["align_weight"]
         self.align_temperature = config["align_temperature"]
         self.align_items = config["align_items"]
@@ -151,8 +164,12 @@ class PRORecTokenizer(SASRec):
         # Frozen E_S, kept in the checkpoint so a saved model records exactly the text embeddings it saw.
         self.register_buffer("semantic_embedding", semantic_embeddings(dataset, config))  # [n_items, d_s]
         self.adapter = ModalityAdapter(
-            self.semantic_embedding.shape[1], self.hidden_size, config["adapter_hidden_size"],
-            config["adapter_dropout"], config["adaptation"], self.layer_norm_eps,
+            self.semantic_embedding.shape[1],
+            self.hidden_size,
+            config["adapter_hidden_size"],
+            config["adapter_dropout"],
+            config["adaptation"],
+            self.layer_norm_eps,
         )
 
     def collaborative_condition(self):
@@ -175,7 +192,9 @@ class PRORecTokenizer(SASRec):
 
         items = pos_items if self.align_items == "target" else torch.cat([pos_items, item_seq.flatten()])
         items = torch.unique(items[items > 0])  # [N]
-        align_loss = symmetric_info_nce(self.item_embedding(items), self.adapted_semantic(items), self.align_temperature)
+        align_loss = symmetric_info_nce(
+            self.item_embedding(items), self.adapted_semantic(items), self.align_temperature
+        )
         return rec_loss, self.align_weight * align_loss
 
     @torch.no_grad()
@@ -214,19 +233,31 @@ class PRORecTokenizer(SASRec):
         options = self.artifact_config
         embeddings = self.code_embeddings()  # [n_items, d']
         result = quantize(
-            embeddings[1:], method=options["quantizer"], levels=options["code_levels"],
-            codebook_size=options["codebook_size"], seed=options["seed"], balanced=options["balanced"],
+            embeddings[1:],
+            method=options["quantizer"],
+            levels=options["code_levels"],
+            codebook_size=options["codebook_size"],
+            seed=options["seed"],
+            balanced=options["balanced"],
             rqvae_kwargs=options["rqvae_kwargs"],
         )
         artifact = ItemCodeArtifact.from_quantization(
-            result, dataset.field2id_token[dataset.iid_field], embeddings.numpy(), config=options,
+            result,
+            dataset.field2id_token[dataset.iid_field],
+            embeddings.numpy(),
+            config=options,
             encoder=self.sequence_encoder_state(),
         )
         path = artifact.save(self.artifact_path)
         logger.info(
             "item-code artifact %s: %d items, %s codes from %s embeddings %s, collision rate %.4f before the "
-            "collision level", path, embeddings.shape[0] - 1, options["quantizer"], self.code_source,
-            tuple(embeddings.shape), result.stats["collision_rate_before"],
+            "collision level",
+            path,
+            embeddings.shape[0] - 1,
+            options["quantizer"],
+            self.code_source,
+            tuple(embeddings.shape),
+            result.stats["collision_rate_before"],
         )
         return {"path": str(path), "stats": artifact.stats}
 

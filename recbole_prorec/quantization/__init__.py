@@ -1,4 +1,5 @@
 """Item-code quantization: residual k-means (PRORec), RQ-VAE (TIGER), collision levels, the item-code artifact."""
+
 from .artifact import ItemCodeArtifact
 from .collisions import add_collision_level, collision_index, collision_rate
 from .kmeans import kmeans, residual_kmeans

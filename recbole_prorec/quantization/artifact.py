@@ -5,6 +5,7 @@ sequence encoder when the artifact carries one; loaded with ``allow_pickle=False
 (``item_tokens``, ``config``, ``stats`` and a digest of the arrays, so a half-finished save is detected).
 Each file is written to a temporary file and moved into place (``utils.write_atomically``).
 """
+
 import dataclasses
 import hashlib
 import io
@@ -138,7 +139,7 @@ class ItemCodeArtifact:
         try:
             with np.load(npz_path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in ARRAYS if k in npz.files}
-                encoder = {k[len(ENCODER_PREFIX):]: npz[k] for k in npz.files if k.startswith(ENCODER_PREFIX)}
+                encoder = {k[len(ENCODER_PREFIX) :]: npz[k] for k in npz.files if k.startswith(ENCODER_PREFIX)}
         except (OSError, ValueError, zipfile.BadZipFile) as e:
             raise ValueError(f"{npz_path}: not a readable pickle-free .npz ({e})") from e
         missing = [k for k in ARRAYS if k not in arrays]

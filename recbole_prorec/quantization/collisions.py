@@ -4,6 +4,7 @@ Reference: Rajput et al., "Recommender Systems with Generative Retrieval" (TIGER
 arXiv:2305.05065. Items whose ``L`` codes coincide get an extra token counting them 0, 1, 2, ... in
 item (row) order; an item with a unique prefix gets 0.
 """
+
 import numpy as np
 
 

@@ -8,6 +8,7 @@ approximates its embedding. The same routines initialise the RQ-VAE codebooks (s
 Everything runs in vectorized torch on CPU and is deterministic given the seed (k-means++ draws from a
 seeded ``torch.Generator``; ties break towards the lower index).
 """
+
 import logging
 
 import torch
@@ -29,7 +30,7 @@ def nearest(x, centroids):
     chunk = max(1, _CHUNK_ELEMENTS // max(1, centroids.shape[0]))
     dists, idx = [], []
     for start in range(0, x.shape[0], chunk):
-        d, i = squared_distances(x[start:start + chunk], centroids).min(1)
+        d, i = squared_distances(x[start : start + chunk], centroids).min(1)
         dists.append(d)
         idx.append(i)
     return torch.cat(idx), torch.cat(dists)  # [n], [n]
@@ -49,7 +50,7 @@ def kmeans_plus_plus(x, k, generator):
         weights = min_dist if min_dist.sum() > 0 else torch.ones_like(min_dist)
         pick = torch.multinomial(weights, 1, generator=generator)
         centroids[j] = x[pick]
-        min_dist = torch.minimum(min_dist, squared_distances(x, centroids[j:j + 1]).squeeze(1))
+        min_dist = torch.minimum(min_dist, squared_distances(x, centroids[j : j + 1]).squeeze(1))
     return centroids  # [k, d]
 
 

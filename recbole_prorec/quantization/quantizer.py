@@ -1,4 +1,5 @@
 """``quantize``: one front door from item embeddings to unique item code tuples plus their statistics."""
+
 import dataclasses
 import logging
 import time
@@ -79,8 +80,14 @@ def quantize(embeddings, method="rkmeans", levels=3, codebook_size=256, seed=0, 
         "seconds": time.perf_counter() - start,
     }
     logger.info(
-        "%s codes in %.1f s: collision rate %.4f -> %.4f, max collision index %d, utilization %s, reconstruction MSE %.5f",
-        method, stats["seconds"], stats["collision_rate_before"], stats["collision_rate_after"],
-        stats["max_collision_index"], [round(u, 3) for u in stats["utilization"]], stats["reconstruction_error"],
+        "%s codes in %.1f s: collision rate %.4f -> %.4f, max collision index %d, utilization %s, "
+        "reconstruction MSE %.5f",
+        method,
+        stats["seconds"],
+        stats["collision_rate_before"],
+        stats["collision_rate_after"],
+        stats["max_collision_index"],
+        [round(u, 3) for u in stats["utilization"]],
+        stats["reconstruction_error"],
     )
     return QuantizationResult(item_codes, stats)

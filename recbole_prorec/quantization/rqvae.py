@@ -11,6 +11,7 @@ a straight-through estimator passing decoder gradients to the encoder. As in TIG
 moved onto poorly quantized residuals (k-means' empty-cluster rule; without it a third of the first-level
 codes died on 12k clustered inputs and 83% of items collided, with it about 15%).
 """
+
 import dataclasses
 import logging
 

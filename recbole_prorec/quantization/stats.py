@@ -1,4 +1,5 @@
 """Code-usage statistics reported with every quantization (and in the item-code artifact)."""
+
 import numpy as np
 
 

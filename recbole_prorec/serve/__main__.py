@@ -16,8 +16,9 @@ def main(argv=None):
     pre.add_argument("--checkpoint", required=True, help="RecBole checkpoint (.pth), ours or a built-in model")
     pre.add_argument("--store", required=True, help="SQLite file to create or atomically replace")
     pre.add_argument("--k", type=int, default=50)
-    pre.add_argument("--split", choices=SPLITS, default="all", help="all: after the last interaction; test: "
-                     "the evaluation's view")
+    pre.add_argument(
+        "--split", choices=SPLITS, default="all", help="all: after the last interaction; test: the evaluation's view"
+    )
     pre.add_argument("--batch_size", type=int, default=1024)
     pre.add_argument("--workers", type=int, default=0, help="shard users over this many local Ray workers")
     pre.add_argument("--address", help="shard users over an existing Ray cluster (auto or HOST:PORT)")
@@ -37,8 +38,14 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "precache":
-            print(json.dumps(precache(args.checkpoint, args.store, args.k, args.split, args.batch_size, args.workers,
-                                      args.address), indent=1))
+            print(
+                json.dumps(
+                    precache(
+                        args.checkpoint, args.store, args.k, args.split, args.batch_size, args.workers, args.address
+                    ),
+                    indent=1,
+                )
+            )
         elif args.command == "refresh":
             print(json.dumps(refresh(args.checkpoint, args.store, args.interactions)))
         elif args.command == "lookup":

@@ -20,7 +20,7 @@ def make_server(store_path, host="127.0.0.1", port=8000):
             prefix = "/recommendations/"
             if not url.path.startswith(prefix) or len(url.path) == len(prefix):
                 return self.answer(404, {"error": f"unknown path {url.path}; use {prefix}<user>?k=<k>"})
-            user = urllib.parse.unquote(url.path[len(prefix):])
+            user = urllib.parse.unquote(url.path[len(prefix) :])
             query = urllib.parse.parse_qs(url.query)
             try:
                 k = int(query["k"][0]) if "k" in query else None

@@ -83,8 +83,9 @@ def top_k(model, users, item_seq, lengths, k, batch_size=1024, progress=True):
     item_parts, score_parts = [], []
     for start in tqdm(range(0, len(users), batch_size), desc="top-K", unit=" batches", disable=not progress):
         rows = slice(start, start + batch_size)
-        interaction = Interaction({model.USER_ID: users[rows], model.ITEM_SEQ: item_seq[rows],
-                                   model.ITEM_SEQ_LEN: lengths[rows]})
+        interaction = Interaction(
+            {model.USER_ID: users[rows], model.ITEM_SEQ: item_seq[rows], model.ITEM_SEQ_LEN: lengths[rows]}
+        )
         scores = model.full_sort_predict(interaction).float()  # [b, n_items]
         scores[:, 0] = -torch.inf  # the padding item
         values, items = scores.topk(k, dim=1)
@@ -97,8 +98,12 @@ def store_rows(user_tokens, items, scores, histories, item_tokens):
     """Store rows `(user, item tokens, scores, history tokens)`; beam positions that found no item are dropped."""
     for user, ranked, values, history in zip(user_tokens, items, scores, histories):
         found = ranked > 0
-        yield (user, [str(t) for t in item_tokens[ranked[found].numpy()]],
-               [round(float(s), 6) for s in values[found]], history)
+        yield (
+            user,
+            [str(t) for t in item_tokens[ranked[found].numpy()]],
+            [round(float(s), 6) for s in values[found]],
+            history,
+        )
 
 
 def popular_items(dataset, count=100):
@@ -132,8 +137,11 @@ def ray_top_k(checkpoint, users, item_seq, lengths, k, batch_size, workers, addr
     try:
         remote = ray.remote(num_cpus=1)(score_shard)
         shards = np.array_split(np.arange(len(users)), workers)
-        futures = [remote.remote(str(checkpoint), users[s], item_seq[s], lengths[s], k, batch_size, overrides)
-                   for s in shards if len(s)]
+        futures = [
+            remote.remote(str(checkpoint), users[s], item_seq[s], lengths[s], k, batch_size, overrides)
+            for s in shards
+            if len(s)
+        ]
         results = ray.get(futures)
     finally:
         if started_here:
@@ -160,9 +168,16 @@ def precache(checkpoint, store, k=50, split="all", batch_size=1024, workers=0, a
         items, scores = top_k(model, users, item_seq, lengths, k, batch_size)
     seconds = time.perf_counter() - start
     meta = {
-        "model": config["model"], "dataset": config["dataset"], "checkpoint": str(checkpoint),
-        "checkpoint_sha256": file_sha256(checkpoint), "k": k, "split": split, "users": len(users),
-        "max_history": int(item_seq.shape[1]), "seconds": round(seconds, 3), "project_version": __version__,
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "k": k,
+        "split": split,
+        "users": len(users),
+        "max_history": int(item_seq.shape[1]),
+        "seconds": round(seconds, 3),
+        "project_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     item_tokens = test_dataset.field2id_token[test_dataset.iid_field]
@@ -183,8 +198,10 @@ def read_new_interactions(path, user_field, item_field, time_field):
         header = [name.split(":")[0] for name in next(reader, [])]
         missing = [field for field in (user_field, item_field) if field not in header]
         if missing:
-            raise PrecacheError(f"{path}, line 1: header {header} lacks {missing} (an atomic .inter header, e.g. "
-                                f"'{user_field}:token<TAB>{item_field}:token<TAB>{time_field}:float')")
+            raise PrecacheError(
+                f"{path}, line 1: header {header} lacks {missing} (an atomic .inter header, e.g. "
+                f"'{user_field}:token<TAB>{item_field}:token<TAB>{time_field}:float')"
+            )
         columns = {name: header.index(name) for name in (user_field, item_field, time_field) if name in header}
         events = []
         for line_no, values in enumerate(reader, 2):
@@ -197,8 +214,9 @@ def read_new_interactions(path, user_field, item_field, time_field):
                 try:
                     when = float(values[columns[time_field]])
                 except ValueError:
-                    raise PrecacheError(f"{path}, line {line_no}: timestamp {values[columns[time_field]]!r} "
-                                        "is not a number") from None
+                    raise PrecacheError(
+                        f"{path}, line {line_no}: timestamp {values[columns[time_field]]!r} is not a number"
+                    ) from None
             events.append((values[columns[user_field]], when, line_no, values[columns[item_field]]))
     new_items = {}
     for user, _, _, item in sorted(events):
@@ -215,12 +233,19 @@ def refresh(checkpoint, store, interactions, batch_size=1024, overrides=None):
     config, model, _, test_dataset = load_recommender(checkpoint, overrides)
     with RecommendationStore(store, writable=True) as target:
         if target.meta["checkpoint_sha256"] != file_sha256(checkpoint):
-            raise StoreError(f"{store} was computed from {target.meta['checkpoint']} (another sha256 than "
-                             f"{checkpoint}): refresh it with the checkpoint it was computed from")
-        new_items = read_new_interactions(interactions, config["USER_ID_FIELD"], config["ITEM_ID_FIELD"],
-                                          config["TIME_FIELD"])
-        item_ids = {str(token): index for index, token in enumerate(test_dataset.field2id_token[test_dataset.iid_field])}
-        user_ids = {str(token): index for index, token in enumerate(test_dataset.field2id_token[test_dataset.uid_field])}
+            raise StoreError(
+                f"{store} was computed from {target.meta['checkpoint']} (another sha256 than "
+                f"{checkpoint}): refresh it with the checkpoint it was computed from"
+            )
+        new_items = read_new_interactions(
+            interactions, config["USER_ID_FIELD"], config["ITEM_ID_FIELD"], config["TIME_FIELD"]
+        )
+        item_ids = {
+            str(token): index for index, token in enumerate(test_dataset.field2id_token[test_dataset.iid_field])
+        }
+        user_ids = {
+            str(token): index for index, token in enumerate(test_dataset.field2id_token[test_dataset.uid_field])
+        }
         length = target.meta["max_history"]
         users, sequences, skipped = [], [], 0
         for user, items in new_items.items():

@@ -47,8 +47,9 @@ def _create_tables(connection):
 def _insert_rows(connection, rows):
     """`rows`: iterable of `(user, items, scores, history)`; replaces existing rows of the same users."""
     for user, items, scores, history in rows:
-        connection.execute("INSERT OR REPLACE INTO recommendations VALUES (?, ?, ?)",
-                           (user, json.dumps(items), json.dumps(scores)))
+        connection.execute(
+            "INSERT OR REPLACE INTO recommendations VALUES (?, ?, ?)", (user, json.dumps(items), json.dumps(scores))
+        )
         connection.execute("INSERT OR REPLACE INTO histories VALUES (?, ?)", (user, json.dumps(history)))
 
 
@@ -68,10 +69,13 @@ def write_store(path, meta, rows, popular):
             _create_tables(connection)
             with connection:
                 full_meta = {**meta, "schema_version": SCHEMA_VERSION}
-                connection.executemany("INSERT INTO meta VALUES (?, ?)",
-                                       [(key, json.dumps(value)) for key, value in full_meta.items()])
-                connection.executemany("INSERT INTO popular VALUES (?, ?, ?)",
-                                       [(rank, item, int(count)) for rank, (item, count) in enumerate(popular)])
+                connection.executemany(
+                    "INSERT INTO meta VALUES (?, ?)", [(key, json.dumps(value)) for key, value in full_meta.items()]
+                )
+                connection.executemany(
+                    "INSERT INTO popular VALUES (?, ?, ?)",
+                    [(rank, item, int(count)) for rank, (item, count) in enumerate(popular)],
+                )
                 _insert_rows(connection, rows)
         finally:
             connection.close()
@@ -98,11 +102,15 @@ class RecommendationStore:
         except sqlite3.DatabaseError as error:
             raise StoreError(f"{self.path}: not a recommendation store ({error})") from None
         if set(TABLES) - tables:
-            raise StoreError(f"{self.path}: not a recommendation store (tables {sorted(tables)}, expected {list(TABLES)})")
+            raise StoreError(
+                f"{self.path}: not a recommendation store (tables {sorted(tables)}, expected {list(TABLES)})"
+            )
         self.meta = {key: json.loads(value) for key, value in self.connection.execute("SELECT key, value FROM meta")}
         if self.meta.get("schema_version") != SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: store schema version {self.meta.get('schema_version')!r}, this version "
-                             f"reads {SCHEMA_VERSION}: pre-compute it again")
+            raise StoreError(
+                f"{self.path}: store schema version {self.meta.get('schema_version')!r}, this version "
+                f"reads {SCHEMA_VERSION}: pre-compute it again"
+            )
         self.popular = [item for (item,) in self.connection.execute("SELECT item FROM popular ORDER BY rank")]
 
     def top_k(self, user, k=None):
@@ -110,7 +118,9 @@ class RecommendationStore:
         k = self.meta["k"] if k is None else k
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        row = self.connection.execute("SELECT items, scores FROM recommendations WHERE user = ?", (str(user),)).fetchone()
+        row = self.connection.execute(
+            "SELECT items, scores FROM recommendations WHERE user = ?", (str(user),)
+        ).fetchone()
         if row is None:
             return Recommendations(str(user), self.popular[:k], None, True)
         return Recommendations(str(user), json.loads(row[0])[:k], json.loads(row[1])[:k], False)
