@@ -226,9 +226,9 @@ def plot_valid_curves(rows, title, path):
     fig, (by_epoch, by_time) = new_figure((12, 4), ncols=2)
     for label, curve in curves:
         scores = [point[1] for point in curve]
-        by_epoch.plot([point[0] for point in curve], scores, marker=".", label=label)
-        if all(len(point) > 2 for point in curve):
-            by_time.plot([point[2] / 60 for point in curve], scores, marker=".", label=label)
+        (line,) = by_epoch.plot([point[0] for point in curve], scores, marker=".", label=label)
+        if all(len(point) > 2 for point in curve):  # the same colour per run in both panels
+            by_time.plot([point[2] / 60 for point in curve], scores, marker=".", color=line.get_color())
     by_epoch.set_xlabel("epoch")
     by_time.set_xlabel("minutes of training and validation")
     for axes in (by_epoch, by_time):
