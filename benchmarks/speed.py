@@ -227,18 +227,7 @@ def measure_scale(item_counts, users=1024, batch_size=256, config=None, seed=0):
         generator = torch.Generator().manual_seed(seed)
         item_codes = random_item_codes(n_items, config["rqvae_levels"], config["rqvae_codebook_size"], generator)
         index = CodeIndex(item_codes)
-        seq2seq = CodeSeq2Seq(
-            index.codebook_sizes,
-            config["MAX_ITEM_LIST_LENGTH"],
-            d_model=config["d_model"],
-            n_heads=config["attention_heads"],
-            encoder_layers=config["encoder_layers"],
-            decoder_layers=config["decoder_layers"],
-            d_ff=config["d_ff"],
-            dropout=config["dropout"],
-            history_tokens=config["history_tokens"],
-            num_user_buckets=config["n_user_buckets"],
-        ).eval()
+        seq2seq = CodeSeq2Seq.from_config(index.codebook_sizes, config["MAX_ITEM_LIST_LENGTH"], config).eval()
         sasrec = SASRec(config, _SyntheticCatalogue(n_items + 1)).eval()
         length = config["MAX_ITEM_LIST_LENGTH"]
         histories = torch.randint(1, n_items + 1, (users, length), generator=generator)

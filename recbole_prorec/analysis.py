@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from sklearn.metrics import normalized_mutual_info_score
 
 from recbole_prorec.model.tokenizer import CODE_SOURCES
-from recbole_prorec.quantization import quantize
 from recbole_prorec.semantic import read_item_fields
 from recbole_prorec.tokenize import load_tokenizer
 from recbole_prorec.utils import write_atomically
@@ -159,20 +158,10 @@ def analyze(
     ``model`` is a trained PRORecTokenizer. Prints the table; with ``output_dir`` also writes
     ``domination.json`` and ``domination.png`` there. Returns the rows.
     """
-    options = model.artifact_config
     embeddings = {source: model.code_embeddings(source)[1:] for source in code_sources}  # [n, d'] each
     first_codes = {}
     for source, source_embeddings in embeddings.items():
-        result = quantize(
-            source_embeddings,
-            method=options["quantizer"],
-            levels=options["code_levels"],
-            codebook_size=options["codebook_size"],
-            seed=options["seed"],
-            balanced=options["balanced"],
-            rqvae_kwargs=options["rqvae_kwargs"],
-        )
-        first_codes[source] = result.codes[:, 0]
+        first_codes[source] = model.quantize(source_embeddings).codes[:, 0]
     try:
         categories = item_categories(dataset, category_field, category_level)[1:]
     except ValueError as error:  # no category column in this dataset's .item file

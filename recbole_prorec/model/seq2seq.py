@@ -100,6 +100,22 @@ class CodeSeq2Seq(nn.Module):
             norm=nn.LayerNorm(d_model),
         )
 
+    @classmethod
+    def from_config(cls, codebook_sizes, max_history, config):
+        """Built from the seq2seq options of `properties/model/TIGER.yaml` (a RecBole Config or a plain dict)."""
+        return cls(
+            codebook_sizes,
+            max_history,
+            d_model=config["d_model"],
+            n_heads=config["attention_heads"],
+            encoder_layers=config["encoder_layers"],
+            decoder_layers=config["decoder_layers"],
+            d_ff=config["d_ff"],
+            dropout=config["dropout"],
+            history_tokens=config["history_tokens"],
+            num_user_buckets=config["n_user_buckets"],
+        )
+
     def code_tokens(self, codes):
         """`codes [..., L']` (levels 0..L'-1, negative = padding) -> token ids `[..., L']`."""
         return (codes + self.level_offsets[: codes.shape[-1]]).masked_fill(codes < 0, PAD)

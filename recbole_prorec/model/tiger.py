@@ -130,18 +130,7 @@ class TIGER(SequentialRecommender):
             "artifact_sha256", torch.tensor(list(bytes.fromhex(self.artifact.digest)), dtype=torch.uint8)
         )
         if self.layout == "seq2seq":
-            self.seq2seq = CodeSeq2Seq(
-                self.code_index.codebook_sizes,
-                self.max_seq_length,
-                d_model=config["d_model"],
-                n_heads=config["attention_heads"],
-                encoder_layers=config["encoder_layers"],
-                decoder_layers=config["decoder_layers"],
-                d_ff=config["d_ff"],
-                dropout=config["dropout"],
-                history_tokens=config["history_tokens"],
-                num_user_buckets=config["n_user_buckets"],
-            )
+            self.seq2seq = CodeSeq2Seq.from_config(self.code_index.codebook_sizes, self.max_seq_length, config)
             self.state_size = config["d_model"]
         else:
             sizes = self.code_index.codebook_sizes

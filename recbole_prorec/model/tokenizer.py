@@ -219,6 +219,19 @@ class PRORecTokenizer(SASRec):
         embeddings[0] = 0
         return embeddings
 
+    def quantize(self, embeddings):
+        """Codes of `embeddings [n, d']` (no padding row) with this tokenizer's quantizer options."""
+        options = self.artifact_config
+        return quantize(
+            embeddings,
+            method=options["quantizer"],
+            levels=options["code_levels"],
+            codebook_size=options["codebook_size"],
+            seed=options["seed"],
+            balanced=options["balanced"],
+            rqvae_kwargs=options["rqvae_kwargs"],
+        )
+
     def sequence_encoder_state(self):
         """The SASRec encoder's weights (item and position embeddings, input LayerNorm, transformer) as arrays."""
         return {
@@ -232,15 +245,7 @@ class PRORecTokenizer(SASRec):
         """Quantize the ``code_source`` embeddings and write the item-code artifact; ``{"path", "stats"}``."""
         options = self.artifact_config
         embeddings = self.code_embeddings()  # [n_items, d']
-        result = quantize(
-            embeddings[1:],
-            method=options["quantizer"],
-            levels=options["code_levels"],
-            codebook_size=options["codebook_size"],
-            seed=options["seed"],
-            balanced=options["balanced"],
-            rqvae_kwargs=options["rqvae_kwargs"],
-        )
+        result = self.quantize(embeddings[1:])
         artifact = ItemCodeArtifact.from_quantization(
             result,
             dataset.field2id_token[dataset.iid_field],
