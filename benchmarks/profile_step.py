@@ -31,7 +31,7 @@ def profile_training(model_name, dataset, steps, warmup, overrides):
 
     from recbole_prorec.compat import allow_recbole_checkpoints
     from recbole_prorec.quick_start import build_config, create_model_dataset, ensure_dataset_files
-    from recbole_prorec.utils import get_model
+    from recbole_prorec.registry import get_model
 
     allow_recbole_checkpoints()
     model_class = get_model(model_name)

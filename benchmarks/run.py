@@ -123,7 +123,7 @@ def resume_overrides(model, run_dir):
     A stage-2 model's own checkpoint resumes stage 2; a checkpoint of its stage-1 model (no artifact yet)
     resumes stage 1 through `tokenizer_config`.
     """
-    from recbole_prorec.utils import get_model
+    from recbole_prorec.registry import get_model
 
     model_class = get_model(model)
     checkpoints = sorted((run_dir / "saved").glob("*.pth"), key=lambda p: p.stat().st_mtime)

@@ -122,7 +122,7 @@ def measure_dataset(dataset, models, train_batches=50, config=None, random_codes
 
     from recbole_prorec.model.tiger import TIGER
     from recbole_prorec.quick_start import build_config, create_model_dataset, ensure_dataset_files
-    from recbole_prorec.utils import get_model
+    from recbole_prorec.registry import get_model
 
     records = []
     with tempfile.TemporaryDirectory(prefix="speed-codes-") as scratch:

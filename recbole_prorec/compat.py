@@ -23,7 +23,7 @@ def _checkpoint_safe_globals():
     from recbole.config.configurator import Config
     from recbole.utils import enum_type
 
-    from recbole_prorec.utils import our_models, recbole_model_classes
+    from recbole_prorec.registry import our_models, recbole_model_classes
 
     enums = [
         value

@@ -17,7 +17,7 @@ from recbole.trainer import Trainer
 from recbole.utils import init_seed
 
 from recbole_prorec.compat import load_checkpoint
-from recbole_prorec.utils import get_model
+from recbole_prorec.registry import get_model
 
 
 def load_data_and_model(checkpoint, overrides=None):

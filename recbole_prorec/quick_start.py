@@ -19,7 +19,8 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_trainer, init_logger, init_seed, set_color
 
 from recbole_prorec.compat import allow_recbole_checkpoints
-from recbole_prorec.utils import get_model, model_config_files, settings_digest
+from recbole_prorec.registry import get_model, model_config_files
+from recbole_prorec.utils import settings_digest
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,8 @@ import sys
 import yaml
 
 from recbole_prorec.cli import parse_overrides
-from recbole_prorec.utils import PROPERTIES_DIR, get_model, write_atomically
+from recbole_prorec.registry import get_model
+from recbole_prorec.utils import PROPERTIES_DIR, write_atomically
 
 logger = logging.getLogger(__name__)
 

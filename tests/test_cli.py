@@ -6,7 +6,7 @@ import torch
 from recbole_prorec import compat
 from recbole_prorec.cli import main, parse_overrides
 from recbole_prorec.quick_start import run
-from recbole_prorec.utils import get_model
+from recbole_prorec.registry import get_model
 
 
 def test_overrides_are_yaml_typed_and_never_evaluated():

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from recbole_prorec.quick_start import build_config
+from recbole_prorec.registry import get_model, model_config_files
 from recbole_prorec.tune import (
     SearchSettings,
     SearchSpaceError,
@@ -18,7 +19,7 @@ from recbole_prorec.tune import (
     sampled_keys,
     search,
 )
-from recbole_prorec.utils import PROPERTIES_DIR, get_model, model_config_files
+from recbole_prorec.utils import PROPERTIES_DIR
 
 RECBOLE_OVERALL = pathlib.Path(__import__("recbole").__file__).parent / "properties" / "overall.yaml"
 

@@ -1,4 +1,4 @@
-"""Model classes this plugin registers with RecBole (found first by `recbole_prorec.utils.get_model`)."""
+"""Model classes this plugin registers with RecBole (found first by `recbole_prorec.registry.get_model`)."""
 
 from recbole_prorec.model.prorec import PRORec
 from recbole_prorec.model.tiger import TIGER
