@@ -15,6 +15,42 @@ def settings_digest(settings):
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
+# Options that decide which interactions a run sees and how they are split: part of every cache key.
+DATA_KEYS = (
+    "load_col",
+    "eval_args",
+    "user_inter_num_interval",
+    "item_inter_num_interval",
+    "val_interval",
+    "rm_dup_inter",
+    "filter_inter_by_user_or_item",
+    "MAX_ITEM_LIST_LENGTH",
+    "USER_ID_FIELD",
+    "ITEM_ID_FIELD",
+    "TIME_FIELD",
+)
+
+
+def data_fingerprint(config):
+    """sha256 of the dataset's atomic files (`.inter`, `.item`) and of the options that filter and split them.
+
+    Caches keyed by options alone would hand a run the codes of a dataset file that has since changed; with this
+    in the key, a changed file (or split) gives a new artifact.
+    """
+    folder = pathlib.Path(config["data_path"])
+    digest = hashlib.sha256()
+    for suffix in ("inter", "item"):
+        path = folder / f"{config['dataset']}.{suffix}"
+        digest.update(f"{suffix}:".encode())
+        if path.is_file():
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    options = {key: config[key] for key in DATA_KEYS}
+    digest.update(json.dumps(options, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
 def cache_dir(config):
     """Folder for semantic embeddings and item-code artifacts, created on demand.
 

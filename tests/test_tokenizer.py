@@ -177,3 +177,24 @@ def test_domination_analysis_runs_on_the_trained_model(trained, tmp_path):
     assert [row["code_source"] for row in rows] == ["integrated", "collaborative", "semantic", "concat"]
     assert 0 <= rows[0]["purity"] <= 1
     assert (tmp_path / "domination.png").is_file() and (tmp_path / "domination.json").is_file()
+
+
+def test_artifact_key_changes_with_the_dataset_file_and_the_split(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = write_tiny_dataset(tmp_path / "data")
+    settings = {"data_path": str(tmp_path / "data"), "use_gpu": False, "text_fields": ["title"]}
+
+    def key(**overrides):
+        return PRORecTokenizer.default_artifact_path(
+            build_config(PRORecTokenizer, "tiny", config_dict={**settings, **overrides})
+        )
+
+    first = key()
+    assert key() == first  # same files, same options: the cached artifact is found
+    inter = folder / "tiny.inter"
+    inter.write_text(inter.read_text() + "u0\ti29\t99\n")
+    changed = key()
+    assert changed != first
+    assert (
+        key(eval_args={"split": {"RS": [0.8, 0.1, 0.1]}, "order": "TO", "group_by": "user", "mode": "full"}) != changed
+    )

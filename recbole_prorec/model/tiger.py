@@ -27,7 +27,7 @@ from recbole_prorec.model.seq2seq import CodeSeq2Seq
 from recbole_prorec.quantization import ItemCodeArtifact, quantize
 from recbole_prorec.semantic import semantic_embeddings
 from recbole_prorec.trainer import ScheduledTrainer
-from recbole_prorec.utils import cache_dir, settings_digest
+from recbole_prorec.utils import cache_dir, data_fingerprint, settings_digest
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ def semantic_artifact_settings(dataset, config):
     return {
         "dataset": config["dataset"],
         "items_sha1": hashlib.sha1(item_tokens.encode()).hexdigest(),
+        "data_sha256": data_fingerprint(config),
         "text_fields": list(config["text_fields"] or []),
         "semantic_model": config["semantic_model"],
         "method": "rqvae",

@@ -24,7 +24,7 @@ from torch import nn
 
 from recbole_prorec.quantization import ItemCodeArtifact, quantize
 from recbole_prorec.semantic import semantic_embeddings
-from recbole_prorec.utils import PROPERTIES_DIR, cache_dir, settings_digest
+from recbole_prorec.utils import PROPERTIES_DIR, cache_dir, data_fingerprint, settings_digest
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ def _artifact_config(config, model_name):
     """Every option of the model's YAML plus the run options, as JSON-ready values (artifact provenance)."""
     with open(PROPERTIES_DIR / "model" / f"{model_name}.yaml", encoding="utf-8") as f:
         keys = list(yaml.safe_load(f)) + list(_RUN_KEYS)
-    options = {"model": model_name}
+    options = {"model": model_name, "data_sha256": data_fingerprint(config)}
     for key in keys:
         if key != "artifact_path":
             options[key] = json.loads(json.dumps(config[key], default=str))
