@@ -29,11 +29,11 @@ def profile_training(model_name, dataset, steps, warmup, overrides):
     from recbole.trainer import Trainer
     from recbole.utils import init_seed
 
-    from recbole_prorec.compat import allow_recbole_checkpoints
+    from recbole_prorec import compat
     from recbole_prorec.quick_start import build_config, create_model_dataset, ensure_dataset_files
     from recbole_prorec.registry import get_model
 
-    allow_recbole_checkpoints()
+    compat.apply()
     model_class = get_model(model_name)
     config = build_config(model_class, dataset, config_dict={**SHARED_SETTINGS, "use_gpu": False, **overrides})
     ensure_dataset_files(config)

@@ -120,9 +120,12 @@ def measure_dataset(dataset, models, train_batches=50, config=None, random_codes
     from recbole.trainer import Trainer
     from recbole.utils import init_seed
 
+    from recbole_prorec import compat
     from recbole_prorec.model.tiger import TIGER
     from recbole_prorec.quick_start import build_config, create_model_dataset, ensure_dataset_files
     from recbole_prorec.registry import get_model
+
+    compat.apply()
 
     records = []
     with tempfile.TemporaryDirectory(prefix="speed-codes-") as scratch:
@@ -216,8 +219,11 @@ def measure_scale(item_counts, users=1024, batch_size=256, config=None, seed=0):
     """One record per item count: seconds to rank `users` histories by beam search and by SASRec full-sort."""
     from recbole.model.sequential_recommender import SASRec
 
+    from recbole_prorec import compat
     from recbole_prorec.model.beam_search import CodeIndex
     from recbole_prorec.model.seq2seq import CodeSeq2Seq
+
+    compat.apply()
 
     config = _synthetic_config(config)
     if config["torch_threads"]:

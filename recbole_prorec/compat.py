@@ -1,6 +1,7 @@
 """Compatibility shims for RecBole 1.2.1 on the pinned stack (torch 2.13, numpy 1.26, pandas 2.x).
 
-Each shim states why it exists. `apply()` is idempotent and runs on package import.
+Each shim states why it exists. `apply()` is idempotent; it runs where a run starts (`quick_start.run`,
+`evaluate.load_data_and_model`), not on import, so importing the package has no global side effect.
 """
 
 import enum
@@ -94,6 +95,7 @@ def disable_anomaly_detection():
 
 
 def apply():
+    """Every shim above (idempotent)."""
     restore_numpy_aliases()
     disable_anomaly_detection()
     allow_recbole_checkpoints()

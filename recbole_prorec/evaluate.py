@@ -16,6 +16,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.trainer import Trainer
 from recbole.utils import init_seed
 
+from recbole_prorec import compat
 from recbole_prorec.compat import load_checkpoint
 from recbole_prorec.registry import get_model
 
@@ -25,6 +26,7 @@ def load_data_and_model(checkpoint, overrides=None):
 
     `overrides` update the saved config (e.g. a `data_path` that moved). The model holds the saved weights.
     """
+    compat.apply()
     state = load_checkpoint(checkpoint)
     config = state["config"]
     for key, value in (overrides or {}).items():

@@ -18,7 +18,7 @@ from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_trainer, init_logger, init_seed, set_color
 
-from recbole_prorec.compat import allow_recbole_checkpoints
+from recbole_prorec import compat
 from recbole_prorec.registry import get_model, model_config_files
 from recbole_prorec.utils import settings_digest
 
@@ -176,7 +176,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
     two-stage model also the stage-1 result under "stage_one".
     """
     model_class = get_model(model)
-    allow_recbole_checkpoints()
+    compat.apply()
     config_dict = dict(config_dict or {})
     stage_one_result = None
     if getattr(model_class, "stage_one_model", None):

@@ -6,6 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from recbole_prorec import compat
+
+compat.apply()  # the tests drive RecBole's Trainer directly, as a user does after calling compat.apply()
+
 
 @pytest.fixture(autouse=True)
 def one_thread():

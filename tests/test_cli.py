@@ -83,3 +83,15 @@ def test_evaluate_checkpoint_reproduces_the_runs_test_metrics(fast_run_config):
     evaluated = evaluate_checkpoint(result["saved_model_file"])
     assert evaluated["epoch"] == 0
     assert evaluated["test_result"] == pytest.approx(result["test_result"])
+
+
+def test_importing_the_package_changes_nothing_global():
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from recbole.trainer import trainer; import recbole_prorec, recbole_prorec.model; "
+        "print(getattr(trainer.Trainer._save_checkpoint, 'saves_protocol_2', False), torch.save.__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "torch.serialization"]
