@@ -240,12 +240,8 @@ def refresh(checkpoint, store, interactions, batch_size=1024, overrides=None):
         new_items = read_new_interactions(
             interactions, config["USER_ID_FIELD"], config["ITEM_ID_FIELD"], config["TIME_FIELD"]
         )
-        item_ids = {
-            str(token): index for index, token in enumerate(test_dataset.field2id_token[test_dataset.iid_field])
-        }
-        user_ids = {
-            str(token): index for index, token in enumerate(test_dataset.field2id_token[test_dataset.uid_field])
-        }
+        item_ids = test_dataset.field2token_id[test_dataset.iid_field]  # RecBole's token -> internal id tables
+        user_ids = test_dataset.field2token_id[test_dataset.uid_field]
         length = target.meta["max_history"]
         users, sequences, skipped = [], [], 0
         for user, items in new_items.items():
