@@ -6,13 +6,21 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import write_tiny_dataset
 from recbole.data import create_dataset, data_preparation
 from recbole.trainer import Trainer
 from recbole.utils import init_seed
 
 from recbole_prorec import analysis, semantic, tokenize
-from recbole_prorec.model.tokenizer import AdaptiveLayerNorm, ModalityAdapter, PRORecTokenizer, symmetric_info_nce
+from recbole_prorec.model.tokenizer import (
+    ADAPTATIONS,
+    AdaptiveLayerNorm,
+    ModalityAdapter,
+    PRORecTokenizer,
+    anchor_conditioned_info_nce,
+    symmetric_info_nce,
+)
 from recbole_prorec.quantization import ItemCodeArtifact
 from recbole_prorec.quick_start import build_config
 
@@ -83,23 +91,52 @@ def test_info_nce_equals_a_hand_computation():
     assert symmetric_info_nce(anchors, positives, t).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_adaptive_layernorm_starts_as_layernorm_and_trains_gamma_and_beta():
+def test_adaptive_layernorm_starts_as_layernorm_and_conditions_each_row():
     norm = AdaptiveLayerNorm(hidden_size=6, condition_size=4, eps=1e-12)
-    x, condition = torch.randn(5, 6), torch.randn(4)
+    x, condition = torch.randn(5, 6), torch.randn(5, 4)
     out = norm(x, condition)
-    assert out.shape == (5, 6)
     assert torch.allclose(out, torch.nn.functional.layer_norm(x, (6,), eps=1e-12), atol=1e-6)
     (out * torch.randn(5, 6)).sum().backward()
     for layer in (norm.gamma, norm.beta):
         assert layer.weight.grad.abs().sum() > 0 and layer.bias.grad.abs().sum() > 0
+    with torch.no_grad():
+        norm.gamma.weight.normal_()
+        norm.beta.weight.normal_()
+    same_input = x[:1].expand(2, 6)
+    out = norm(same_input, condition[:2])
+    assert not torch.allclose(out[0], out[1])  # one input, two conditions: two outputs
 
 
-@pytest.mark.parametrize("adaptation", ["adaln", "layernorm", "mlp"])
-def test_modality_adapter_maps_semantic_to_hidden_size(adaptation):
-    adapter = ModalityAdapter(
-        semantic_size=12, hidden_size=6, inner_size=16, dropout=0.0, adaptation=adaptation, eps=1e-12
+def test_adapter_uses_the_condition_only_under_adaln():
+    semantic, condition = torch.randn(3, 12), torch.randn(3, 6)
+    for adaptation in ADAPTATIONS:
+        adapter = ModalityAdapter(12, 6, 16, dropout=0.0, adaptation=adaptation, eps=1e-12)
+        if adaptation == "adaln":
+            torch.nn.init.normal_(adapter.norm.beta.weight)
+        moved = not torch.allclose(adapter(semantic, condition), adapter(semantic, condition.flip(0)))
+        assert moved == (adaptation == "adaln")
+
+
+def test_anchor_conditioned_info_nce_equals_the_explicit_pairwise_loss():
+    torch.manual_seed(0)
+    anchors, normalized, scale, shift = (torch.randn(4, 5) for _ in range(4))
+    adapted = normalized[None, :, :] * scale[:, None, :] + shift[:, None, :]  # [i, j, d]: text j under anchor i
+    logits = torch.nn.functional.cosine_similarity(anchors[:, None, :], adapted, dim=-1) / 0.2
+    labels = torch.arange(4)
+    expected = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    assert anchor_conditioned_info_nce(anchors, normalized, scale, shift, 0.2).item() == pytest.approx(
+        expected.item(), rel=1e-5
     )
-    assert adapter(torch.randn(5, 12), torch.randn(12)).shape == (5, 6)
+
+
+def test_copying_the_condition_does_not_meet_the_alignment():
+    """An adapter that ignores the text and copies E_C[i] (scale 0, shift E_C[i]) is at chance, log N."""
+    torch.manual_seed(0)
+    collaborative, text = torch.randn(8, 5), torch.randn(8, 5)
+    copy = symmetric_info_nce(collaborative, collaborative, 0.1)  # what conditioning on the candidate would allow
+    guarded = anchor_conditioned_info_nce(collaborative, text, torch.zeros(8, 5), collaborative, 0.1)
+    assert copy.item() < 0.1 * math.log(8)
+    assert guarded.item() == pytest.approx(math.log(8), rel=1e-5)
 
 
 def test_unknown_adaptation_is_rejected():

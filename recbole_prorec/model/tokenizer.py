@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 ADAPTATIONS = ("adaln", "layernorm", "mlp")
 CODE_SOURCES = ("integrated", "collaborative", "semantic", "concat")
 ALIGN_ITEMS = ("target", "all")
+# Part of every artifact's settings (and so of its cache key): raise it when a code change alters the codes that
+# the same settings produce, so that no stale cached artifact is reused. 2: AdaLN conditioned per item.
+ARTIFACT_REVISION = 2
 # SASRec's sequence encoder, carried in the artifact so that stage 2 can start from it (PRORec's warm_start).
 SEQUENCE_ENCODER_MODULES = ("item_embedding", "position_embedding", "LayerNorm", "trm_encoder")
 # Run options that shape the embeddings, recorded in the artifact (with every option of our YAML).
@@ -49,6 +52,12 @@ _RUN_KEYS = (
 )
 
 
+def _symmetric_cross_entropy(logits):
+    """Mean of the row-wise and column-wise CE of a square logit matrix whose diagonal holds the positives."""
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
 def symmetric_info_nce(anchors, positives, temperature):
     """CLIP-style InfoNCE between row-paired embeddings, other rows as negatives, both directions averaged.
 
@@ -58,9 +67,25 @@ def symmetric_info_nce(anchors, positives, temperature):
     """
     anchors = F.normalize(anchors, dim=-1)  # [N, d]
     positives = F.normalize(positives, dim=-1)  # [N, d]
-    logits = anchors @ positives.T / temperature  # [N, N]
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    return _symmetric_cross_entropy(anchors @ positives.T / temperature)
+
+
+def anchor_conditioned_info_nce(anchors, normalized, scale, shift, temperature, eps=1e-12):
+    """Symmetric InfoNCE where every candidate of a row is modulated by that row's (the anchor's) condition.
+
+    ``S[i, j] = cos(anchors[i], normalized[j] * scale[i] + shift[i]) / temperature``: candidate j's text,
+    adapted under anchor i's AdaLN condition. Computed without the ``[N, N, d]`` tensor:
+    ``<a_i, n_j * s_i + b_i> = (a_i * s_i) . n_j + a_i . b_i`` and
+    ``|n_j * s_i + b_i|^2 = s_i^2 . n_j^2 + 2 (s_i * b_i) . n_j + |b_i|^2``.
+    """
+    anchors = F.normalize(anchors, dim=-1)  # [N, d]
+    dot = (anchors * scale) @ normalized.T + (anchors * shift).sum(-1, keepdim=True)  # [N, N]
+    squared_norm = (
+        scale.square() @ normalized.square().T
+        + 2 * (scale * shift) @ normalized.T
+        + shift.square().sum(-1, keepdim=True)
+    )  # [N, N]
+    return _symmetric_cross_entropy(dot / squared_norm.clamp_min(eps).sqrt() / temperature)
 
 
 class AdaptiveLayerNorm(nn.Module):
@@ -78,16 +103,21 @@ class AdaptiveLayerNorm(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x, condition):  # x [N, d], condition [c] or [N, c]
-        return self.norm(x) * (1 + self.gamma(condition)) + self.beta(condition)
+    def modulation(self, condition):  # condition [N, c] -> scale, shift [N, d]
+        """Per-row ``(1 + gamma(c), beta(c))``."""
+        return 1 + self.gamma(condition), self.beta(condition)
+
+    def forward(self, x, condition):  # x [N, d], condition [N, c]
+        scale, shift = self.modulation(condition)
+        return self.norm(x) * scale + shift
 
 
 class ModalityAdapter(nn.Module):
     """A(E_S): maps frozen semantic embeddings into the collaborative space.
 
-    ``adaptation``: ``adaln`` = MLP then AdaptiveLayerNorm conditioned on the collaborative space's
-    statistics; ``layernorm`` = MLP then a plain LayerNorm; ``mlp`` = the MLP alone. The last two are the
-    ablations separating "normalizing" from "conditioning on the target space".
+    ``adaptation``: ``adaln`` = MLP then AdaptiveLayerNorm conditioned per item (see PRORecTokenizer);
+    ``layernorm`` = MLP then a plain LayerNorm with a learned affine (normalising without conditioning);
+    ``mlp`` = the MLP alone. The last two are the ablations separating conditioning from normalising.
     """
 
     def __init__(self, semantic_size, hidden_size, inner_size, dropout, adaptation, eps):
@@ -99,11 +129,11 @@ class ModalityAdapter(nn.Module):
             nn.Linear(semantic_size, inner_size), nn.GELU(), nn.Dropout(dropout), nn.Linear(inner_size, hidden_size)
         )
         if adaptation == "adaln":
-            self.norm = AdaptiveLayerNorm(hidden_size, 2 * hidden_size, eps)
+            self.norm = AdaptiveLayerNorm(hidden_size, hidden_size, eps)
         elif adaptation == "layernorm":
             self.norm = nn.LayerNorm(hidden_size, eps=eps)
 
-    def forward(self, semantic, condition=None):  # semantic [N, d_s], condition [2d] (adaln only) -> [N, d]
+    def forward(self, semantic, condition=None):  # semantic [N, d_s], condition [N, d] (adaln only) -> [N, d]
         hidden = self.mlp(semantic)
         if self.adaptation == "adaln":
             return self.norm(hidden, condition)
@@ -120,11 +150,20 @@ class PRORecTokenizer(SASRec):
     (``all``); the other items of ``I`` are the negatives. Gradients of the alignment reach both E_C
     (semantics flow into the collaborative embeddings) and the adapter.
 
-    AdaLN conditioning vector ``c = [mean(E_C); std(E_C)]`` over all real items, detached: the adapter
-    learns to move semantic embeddings into the collaborative space's current location and scale (AdaIN's
-    idea, learned). An item's own E_C[i] is deliberately *not* the condition: through ``beta(E_C[i])`` the
-    adapter could copy E_C[i] and satisfy the alignment while ignoring the text, and A(E_S) would then no
-    longer be a semantic view at all.
+    AdaLN (``adaptation: adaln``) conditions each item on its own collaborative embedding, detached:
+    ``A(E_S[i] | c_i) = LN(MLP(E_S[i])) * (1 + gamma(c_i)) + beta(c_i)`` with ``c_i = sg(E_C[i])``, so the
+    adapter can map the same kind of text differently in different regions of the collaborative space. The
+    paper names an AdaLN in its modality adaptation layer but not its condition; the per-item collaborative
+    embedding is the reading under which the layer conditions at all (a global statistic would make it a
+    LayerNorm with a learned affine, the ``layernorm`` ablation).
+
+    Copying guard: with ``c_i = E_C[i]``, ``beta`` could learn the identity and meet the alignment with no
+    text at all. So the alignment never conditions a candidate on its own embedding: in row i of the InfoNCE
+    logits, every candidate's text E_S[j] is adapted under the *anchor's* condition c_i
+    (``anchor_conditioned_info_nce``). Whatever the condition carries about item i then reaches the true
+    candidate and the in-batch negatives alike, and only the text can tell them apart; a copy through
+    ``beta`` only adds a row constant (the same for every column of a row), which no direction of the
+    softmax can turn into a preference for the diagonal. Codes use ``A(E_S[i] | c_i)``.
 
     Item embeddings for codes (``code_source``): ``integrated`` = ``(E_C/|E_C| + A(E_S)/|A(E_S)|) / 2``,
     both modalities with equal weight on the unit sphere; ``collaborative`` = E_C (already carrying the
@@ -172,16 +211,21 @@ class PRORecTokenizer(SASRec):
             self.layer_norm_eps,
         )
 
-    def collaborative_condition(self):
-        """AdaLN condition ``[mean(E_C); std(E_C)]`` over real items, detached."""
-        collaborative = self.item_embedding.weight[1:].detach()  # [n_items - 1, d]
-        return torch.cat([collaborative.mean(0), collaborative.std(0)])  # [2d]
-
     def adapted_semantic(self, items=None):
-        """A(E_S[items]) ``[N, d]``; all items when ``items`` is None."""
-        semantic = self.semantic_embedding if items is None else self.semantic_embedding[items]
-        condition = self.collaborative_condition() if self.adapter.adaptation == "adaln" else None
-        return self.adapter(semantic, condition)
+        """A(E_S[items] | E_C[items]) ``[N, d]``; all items when ``items`` is None."""
+        items = torch.arange(self.n_items, device=self.semantic_embedding.device) if items is None else items
+        condition = self.item_embedding(items).detach() if self.adapter.adaptation == "adaln" else None
+        return self.adapter(self.semantic_embedding[items], condition)
+
+    def alignment_loss(self, items):
+        """InfoNCE between E_C[items] and their adapted text; under AdaLN, row i conditions on E_C[i] only."""
+        collaborative = self.item_embedding(items)  # [N, d]
+        if self.adapter.adaptation != "adaln":
+            return symmetric_info_nce(collaborative, self.adapted_semantic(items), self.align_temperature)
+        norm = self.adapter.norm
+        normalized = norm.norm(self.adapter.mlp(self.semantic_embedding[items]))  # [N, d]
+        scale, shift = norm.modulation(collaborative.detach())  # [N, d] each
+        return anchor_conditioned_info_nce(collaborative, normalized, scale, shift, self.align_temperature)
 
     def calculate_loss(self, interaction):
         item_seq = interaction[self.ITEM_SEQ]  # [B, T]
@@ -192,10 +236,7 @@ class PRORecTokenizer(SASRec):
 
         items = pos_items if self.align_items == "target" else torch.cat([pos_items, item_seq.flatten()])
         items = torch.unique(items[items > 0])  # [N]
-        align_loss = symmetric_info_nce(
-            self.item_embedding(items), self.adapted_semantic(items), self.align_temperature
-        )
-        return rec_loss, self.align_weight * align_loss
+        return rec_loss, self.align_weight * self.alignment_loss(items)
 
     @torch.no_grad()
     def code_embeddings(self, code_source=None):
@@ -271,7 +312,7 @@ def _artifact_config(config, model_name):
     """Every option of the model's YAML plus the run options, as JSON-ready values (artifact provenance)."""
     with open(PROPERTIES_DIR / "model" / f"{model_name}.yaml", encoding="utf-8") as f:
         keys = list(yaml.safe_load(f)) + list(_RUN_KEYS)
-    options = {"model": model_name, "data_sha256": data_fingerprint(config)}
+    options = {"model": model_name, "revision": ARTIFACT_REVISION, "data_sha256": data_fingerprint(config)}
     for key in keys:
         if key != "artifact_path":
             options[key] = json.loads(json.dumps(config[key], default=str))
