@@ -202,6 +202,8 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     recommender = model_class(config, train_data.dataset).to(config["device"])
+    if hasattr(recommender, "codes_written_at_training_end"):
+        recommender.codes_written_at_training_end = True  # on_training_end below writes them
     run_logger.info(recommender)
     trainer_class = getattr(model_class, "trainer_class", None) or get_trainer(config["MODEL_TYPE"], config["model"])
     trainer = trainer_class(config, recommender)

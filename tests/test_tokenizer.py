@@ -61,6 +61,9 @@ def trained(tmp_path_factory):
         dataset = create_dataset(config)
         train_data, valid_data, _ = data_preparation(config, dataset)
         model = PRORecTokenizer(config, train_data._dataset)
+        with pytest.raises(RuntimeError, match="run_recbole_prorec.py"):  # RecBole's loop would end without codes
+            Trainer(config, model).fit(train_data, valid_data, saved=False, show_progress=False)
+        model.codes_written_at_training_end = True  # as quick_start.run does; the tests call on_training_end
         trainer = Trainer(config, model)
         trainer.fit(train_data, valid_data, saved=True, show_progress=False)
         yield {

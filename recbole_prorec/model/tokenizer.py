@@ -198,6 +198,9 @@ class PRORecTokenizer(SASRec):
         if self.align_temperature <= 0:
             raise ValueError(f"align_temperature must be > 0, got {self.align_temperature}")
         self.artifact_config = _artifact_config(config, type(self).__name__)
+        # Set by quick_start.run, the one entry point that calls on_training_end (which writes the codes):
+        # training through any other loop fails at its first step instead of ending without codes.
+        self.codes_written_at_training_end = False
         self.artifact_path = config["artifact_path"] or self.default_artifact_path(config)
 
         # Frozen E_S, kept in the checkpoint so a saved model records exactly the text embeddings it saw.
@@ -228,6 +231,12 @@ class PRORecTokenizer(SASRec):
         return anchor_conditioned_info_nce(collaborative, normalized, scale, shift, self.align_temperature)
 
     def calculate_loss(self, interaction):
+        if not self.codes_written_at_training_end:
+            raise RuntimeError(
+                f"{type(self).__name__} writes its item codes when training ends, which RecBole's own Trainer and "
+                "run_recbole never call: train it with `python run_recbole_prorec.py --model="
+                f"{type(self).__name__} ...` (recbole_prorec.quick_start.run), which does"
+            )
         item_seq = interaction[self.ITEM_SEQ]  # [B, T]
         seq_output = self.forward(item_seq, interaction[self.ITEM_SEQ_LEN])  # [B, d]
         pos_items = interaction[self.POS_ITEM_ID]  # [B]
