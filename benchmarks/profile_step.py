@@ -11,16 +11,12 @@ optimizer update on one thread. Prints the operators by self CPU time and writes
 import argparse
 import json
 import pathlib
-import sys
 
 import torch
 import yaml
+from common import BENCHMARKS, SHARED_SETTINGS
 
-BENCHMARKS = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCHMARKS.parent))
-
-from benchmarks.run import SHARED_SETTINGS  # noqa: E402
-from recbole_prorec.utils import write_atomically  # noqa: E402
+from recbole_prorec.utils import write_atomically
 
 
 def profile_training(model_name, dataset, steps, warmup, overrides):

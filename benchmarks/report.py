@@ -13,14 +13,11 @@ import collections
 import json
 import pathlib
 import statistics
-import sys
 
 import yaml
+from common import BENCHMARKS
 
-BENCHMARKS = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCHMARKS.parent))
-
-from recbole_prorec.utils import write_atomically  # noqa: E402
+from recbole_prorec.utils import write_atomically
 
 METRICS = ["recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20"]
 SHORT = {"recall": "R", "ndcg": "N"}
@@ -316,14 +313,12 @@ def training_section(suite_name, suite, records, references, plots_dir):
 
 
 def speed_section(suite_name, suite, records, plots_dir):
-    sys.path.insert(0, str(BENCHMARKS))
     import speed
 
     return speed.report_lines(suite_name, suite, records, plots_dir)
 
 
 def serving_section(suite_name, suite, records):
-    sys.path.insert(0, str(BENCHMARKS))
     import serving
 
     return serving.report_lines(suite_name, suite, records)

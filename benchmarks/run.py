@@ -21,100 +21,7 @@ import subprocess
 import sys
 import time
 
-import yaml
-
-BENCHMARKS = pathlib.Path(__file__).resolve().parent
-REPO = BENCHMARKS.parent
-SUITES = BENCHMARKS / "suites"
-RESULTS = BENCHMARKS / "results"
-WORK = BENCHMARKS / "work"
-
-# Every run of every suite reads the same converted data and the same semantic-embedding / artifact cache.
-SHARED_SETTINGS = {
-    "data_path": str(WORK / "dataset"),
-    "raw_data_path": str(REPO.parent / "shared" / "data"),
-    "cache_dir": str(WORK / "cache"),
-    "show_progress": False,
-}
-
-
-def load_suite(name):
-    """The suite YAML as a dict, with a clear error for a missing file or key."""
-    path = SUITES / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in SUITES.glob("*.yaml")))
-        raise SystemExit(f"No suite '{name}': expected {path}. Suites: {known}")
-    with open(path, encoding="utf-8") as f:
-        suite = yaml.safe_load(f) or {}
-    if suite.get("kind", "train") == "train":  # speed and serving suites are checked where they run
-        for key in ("datasets", "runs"):
-            if not suite.get(key):
-                raise SystemExit(f"{path}: key '{key}' is missing or empty")
-        for index, entry in enumerate(suite["runs"]):
-            if "model" not in entry:
-                raise SystemExit(f"{path}: runs[{index}] has no 'model' key")
-    return suite
-
-
-def plan(suite, seeds=None, only=None):
-    """Every run of a training suite as a dict: label, model, dataset, seed, overrides and a stable key."""
-    runs = []
-    labels = {entry.get("label", entry["model"]) for entry in suite["runs"]}
-    for dataset in suite["datasets"]:
-        for entry in suite["runs"]:
-            label = entry.get("label", entry["model"])
-            # a name in `only` selects the run with that label; a model name that labels no run selects its runs
-            if only and label not in only and (entry["model"] not in only or entry["model"] in labels):
-                continue
-            for seed in seeds or suite.get("seeds", [2020]):
-                overrides = {**suite.get("config", {}), **entry.get("config", {}), "seed": seed}
-                overrides.update(suite.get("dataset_config", {}).get(dataset, {}))
-                # named configurations (relative to the repo): the suite's, then the run's
-                config_files = list(suite.get("config_files", [])) + list(entry.get("config_files", []))
-                settings = {**overrides, "config_files": config_files} if config_files else overrides
-                key = f"{label}-{dataset}-seed{seed}-{_digest(settings)}"
-                runs.append(
-                    {
-                        "label": label,
-                        "model": entry["model"],
-                        "dataset": dataset,
-                        "seed": seed,
-                        "overrides": overrides,
-                        "config_files": config_files,
-                        "key": key,
-                    }
-                )
-    return runs
-
-
-def _digest(settings):
-    from recbole_prorec.utils import settings_digest
-
-    return settings_digest(settings)
-
-
-def finished_keys(results_file):
-    """Keys of the runs already recorded in a suite's JSONL file."""
-    if not results_file.is_file():
-        return set()
-    keys = set()
-    with open(results_file, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    keys.add(json.loads(line)["key"])
-                except (json.JSONDecodeError, KeyError) as error:
-                    raise SystemExit(f"{results_file}:{number}: not a run record ({error})") from None
-    return keys
-
-
-def git_commit():
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+import common
 
 
 def resume_overrides(model, run_dir):
@@ -152,7 +59,7 @@ def child_main(spec_file, record_file):
             "resume_checkpoint": stage_one_resume,
         }
     start = time.perf_counter()
-    config_files = [str(REPO / path) for path in spec.get("config_files", [])]
+    config_files = [str(common.REPO / path) for path in spec.get("config_files", [])]
     result = run(spec["model"], spec["dataset"], config_file_list=config_files, config_dict=overrides)
     record = {
         "key": spec["key"],
@@ -193,20 +100,20 @@ def run_one(suite_name, spec, device, results_file):
 
     Each record is appended with one `write`, so runners working on parts of one suite (`--only`) can share a file.
     """
-    run_dir = WORK / suite_name / spec["key"]
+    run_dir = common.WORK / suite_name / spec["key"]
     run_dir.mkdir(parents=True, exist_ok=True)
     spec_file, record_file = run_dir / "spec.json", run_dir / "record.json"
     if record_file.is_file():  # the run finished but its runner died before appending: adopt the record
         return _append(record_file, spec, results_file)
-    overrides = {**SHARED_SETTINGS, "use_gpu": device == "cuda", **spec["overrides"]}
+    overrides = {**common.SHARED_SETTINGS, "use_gpu": device == "cuda", **spec["overrides"]}
     overrides.update(resume_overrides(spec["model"], run_dir))
-    full_spec = {**spec, "suite": suite_name, "overrides": overrides, "git_commit": git_commit()}
+    full_spec = {**spec, "suite": suite_name, "overrides": overrides, "git_commit": common.git_commit()}
     spec_file.write_text(json.dumps(full_spec, indent=1), encoding="utf-8")
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(common.REPO), os.environ.get("PYTHONPATH")])),
     }
     log_path = run_dir / "run.log"
     with open(log_path, "a", encoding="utf-8") as log:
@@ -231,8 +138,8 @@ def repo_relative(value):
         return {key: repo_relative(item) for key, item in value.items()}
     if isinstance(value, list):
         return [repo_relative(item) for item in value]
-    if isinstance(value, str) and value.startswith(f"{REPO}{os.sep}"):
-        return os.path.relpath(value, REPO)
+    if isinstance(value, str) and value.startswith(f"{common.REPO}{os.sep}"):
+        return os.path.relpath(value, common.REPO)
     return value
 
 
@@ -265,28 +172,26 @@ def main(argv=None):
         return child_main(*args.child)
     if not args.suite:
         parser.error("--suite is required")
-    suite = load_suite(args.suite)
+    suite = common.load_suite(args.suite)
     if suite.get("kind") == "speed":
-        sys.path.insert(0, str(BENCHMARKS))
-        import speed
+        import speed  # torch-heavy: imported only for its suites
 
-        return speed.run_suite(args.suite, suite, RESULTS / f"{args.suite}.jsonl", device=args.device)
+        return speed.run_suite(args.suite, suite, common.RESULTS / f"{args.suite}.jsonl", device=args.device)
     if suite.get("kind") == "serving":
-        sys.path.insert(0, str(BENCHMARKS))
         import serving
 
-        return serving.run_suite(args.suite, suite, RESULTS / f"{args.suite}.jsonl")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    results_file = RESULTS / f"{args.suite}.jsonl"
-    runs = plan(suite, args.seeds, args.only)
-    done = finished_keys(results_file)
+        return serving.run_suite(args.suite, suite, common.RESULTS / f"{args.suite}.jsonl")
+    common.RESULTS.mkdir(parents=True, exist_ok=True)
+    results_file = common.RESULTS / f"{args.suite}.jsonl"
+    runs = common.plan(suite, args.seeds, args.only)
+    done = common.finished_keys(results_file)
     todo = [spec for spec in runs if spec["key"] not in done]
     print(f"suite {args.suite}: {len(runs)} runs, {len(runs) - len(todo)} already in {results_file}", flush=True)
     failures = 0
     for index, spec in enumerate(todo, 1):
         print(
             f"[{index}/{len(todo)}] {spec['label']} on {spec['dataset']}, seed {spec['seed']} "
-            f"(log: {WORK / args.suite / spec['key'] / 'run.log'})",
+            f"(log: {common.WORK / args.suite / spec['key'] / 'run.log'})",
             flush=True,
         )
         start = time.perf_counter()

@@ -13,10 +13,9 @@ import pathlib
 import tempfile
 import time
 
+import common
 import numpy as np
 import torch
-
-BENCHMARKS = pathlib.Path(__file__).resolve().parent
 
 
 def percentiles_ms(seconds):
@@ -24,12 +23,12 @@ def percentiles_ms(seconds):
     return float(np.percentile(values, 50)), float(np.percentile(values, 99))
 
 
-def newest_checkpoint(runner, suite_name, label, seed):
+def newest_checkpoint(suite_name, label, seed):
     """The newest `saved/*.pth` of the run labelled `label` (first dataset) of `suite_name`."""
-    specs = [s for s in runner.plan(runner.load_suite(suite_name), seeds=[seed]) if s["label"] == label]
+    specs = [s for s in common.plan(common.load_suite(suite_name), seeds=[seed]) if s["label"] == label]
     if not specs:
         raise SystemExit(f"suite {suite_name} has no run labelled {label!r}")
-    folder = runner.WORK / suite_name / specs[0]["key"] / "saved"
+    folder = common.WORK / suite_name / specs[0]["key"] / "saved"
     model = specs[0]["model"]
     checkpoints = sorted(folder.glob(f"{model}-*.pth"), key=lambda p: p.stat().st_mtime)
     if not checkpoints:
@@ -106,12 +105,10 @@ def run_suite(suite_name, suite, results_file):
     """Measure every model of a `kind: serving` suite not yet in `results_file` (one JSON line each)."""
     import json
 
-    import run as runner
-
-    done = runner.finished_keys(results_file)
-    commit = runner.git_commit()
+    done = common.finished_keys(results_file)
+    commit = common.git_commit()
     for entry in suite["models"]:
-        checkpoint = newest_checkpoint(runner, entry["suite"], entry["label"], entry.get("seed", 2020))
+        checkpoint = newest_checkpoint(entry["suite"], entry["label"], entry.get("seed", 2020))
         with tempfile.TemporaryDirectory() as scratch:  # RecBole writes log/ where it runs
             cwd = os.getcwd()
             os.chdir(scratch)

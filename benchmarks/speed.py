@@ -24,17 +24,14 @@ import json
 import os
 import pathlib
 import resource
-import sys
 import time
 
+import common
 import numpy as np
 import torch
 import yaml
 
-BENCHMARKS = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCHMARKS.parent))
-
-from recbole_prorec.utils import PROPERTIES_DIR  # noqa: E402
+from recbole_prorec.utils import PROPERTIES_DIR
 
 WARMUP_BATCHES = 5
 
@@ -100,7 +97,7 @@ def model_entries(models):
     for entry in models:
         if isinstance(entry, str):
             entry = {"model": entry}
-        files = [str(BENCHMARKS.parent / path) for path in entry.get("config_files", [])]
+        files = [str(common.REPO / path) for path in entry.get("config_files", [])]
         entries.append((entry.get("label", entry["model"]), entry["model"], dict(entry.get("config") or {}), files))
     return entries
 
@@ -281,14 +278,12 @@ def run_suite(suite_name, suite, results_file, device="cpu"):
 
     A dataset's models count as done only together, since their ratios need one process and one run.
     """
-    import run as runner
-
     if device != "cpu":
         raise SystemExit("the speed suite times CPU runs (the machines this project benchmarks on); use --device cpu")
-    done = runner.finished_keys(results_file)
+    done = common.finished_keys(results_file)
     results_file.parent.mkdir(parents=True, exist_ok=True)
-    settings = {**runner.SHARED_SETTINGS, **suite.get("config", {})}
-    commit = runner.git_commit()
+    settings = {**common.SHARED_SETTINGS, **suite.get("config", {})}
+    commit = common.git_commit()
 
     def append(records):
         with open(results_file, "a", encoding="utf-8") as f:

@@ -11,8 +11,10 @@ import yaml
 BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import common  # noqa: E402
 import report  # noqa: E402
 import run as runner  # noqa: E402
+import serving  # noqa: E402
 import speed  # noqa: E402
 
 
@@ -22,8 +24,8 @@ def bench_dirs(tmp_path, monkeypatch, fast_run_config):
     suites, results, work = tmp_path / "suites", tmp_path / "results", tmp_path / "work"
     suites.mkdir()
     for name, value in {"SUITES": suites, "RESULTS": results, "WORK": work}.items():
-        monkeypatch.setattr(runner, name, value)
-    monkeypatch.setattr(runner, "SHARED_SETTINGS", {"data_path": fast_run_config["data_path"], "show_progress": False})
+        monkeypatch.setattr(common, name, value)
+    monkeypatch.setattr(common, "SHARED_SETTINGS", {"data_path": fast_run_config["data_path"], "show_progress": False})
     suite = {
         "datasets": ["tiny"],
         "seeds": [1],
@@ -41,25 +43,25 @@ def test_plan_merges_overrides_and_gives_stable_keys():
         "config": {"epochs": 5, "lr": 1},
         "runs": [{"model": "SASRec"}, {"model": "PRORec", "label": "no kd", "config": {"epochs": 2}}],
     }
-    runs = runner.plan(suite)
+    runs = common.plan(suite)
     assert len(runs) == 8
     no_kd = [r for r in runs if r["label"] == "no kd"]
     assert all(r["overrides"]["epochs"] == 2 and r["overrides"]["lr"] == 1 for r in no_kd)
-    assert [r["key"] for r in runner.plan(suite)] == [r["key"] for r in runs]
+    assert [r["key"] for r in common.plan(suite)] == [r["key"] for r in runs]
     assert len({r["key"] for r in runs}) == 8
-    only = runner.plan(suite, seeds=[7], only=["no kd"])
+    only = common.plan(suite, seeds=[7], only=["no kd"])
     assert [(r["label"], r["seed"]) for r in only] == [("no kd", 7), ("no kd", 7)]
-    assert {r["label"] for r in runner.plan(suite, only=["PRORec"])} == {"no kd"}  # a model name labelling no run
+    assert {r["label"] for r in common.plan(suite, only=["PRORec"])} == {"no kd"}  # a model name labelling no run
     suite["runs"].append({"model": "PRORec"})  # now "PRORec" is also a label: it selects that run alone
-    assert {r["label"] for r in runner.plan(suite, only=["PRORec"])} == {"PRORec"}
+    assert {r["label"] for r in common.plan(suite, only=["PRORec"])} == {"PRORec"}
 
 
 def test_named_configuration_files_are_part_of_a_run_and_its_key():
     entry = {"model": "TIGER", "label": "t"}
     suite = {"datasets": ["a"], "runs": [entry]}
-    (plain,) = runner.plan(suite)
+    (plain,) = common.plan(suite)
     entry["config_files"] = ["properties/layout/seq2seq.yaml"]
-    (paper,) = runner.plan(suite)
+    (paper,) = common.plan(suite)
     assert plain["config_files"] == [] and paper["config_files"] == ["properties/layout/seq2seq.yaml"]
     assert paper["key"] != plain["key"] and paper["overrides"] == plain["overrides"]
 
@@ -68,16 +70,16 @@ def test_suite_errors_name_the_file_and_key(bench_dirs):
     suites, _, _ = bench_dirs
     (suites / "broken.yaml").write_text("datasets: [tiny]\nruns:\n  - {label: x}\n")
     with pytest.raises(SystemExit, match=r"broken.yaml: runs\[0\] has no 'model' key"):
-        runner.load_suite("broken")
+        common.load_suite("broken")
     with pytest.raises(SystemExit, match="Suites: broken, tiny"):
-        runner.load_suite("missing")
+        common.load_suite("missing")
 
 
 def test_a_broken_results_line_is_reported_with_its_line_number(tmp_path):
     path = tmp_path / "s.jsonl"
     path.write_text('{"key": "a"}\nnot json\n')
     with pytest.raises(SystemExit, match=r"s.jsonl:2"):
-        runner.finished_keys(path)
+        common.finished_keys(path)
 
 
 def test_runner_records_a_run_then_skips_it_and_adopts_orphaned_records(bench_dirs, capsys):
@@ -104,7 +106,7 @@ def test_runner_records_a_run_then_skips_it_and_adopts_orphaned_records(bench_di
 
 
 def test_records_keep_paths_relative_to_the_checkout():
-    inside = str(runner.REPO / "benchmarks" / "work" / "cache" / "a")
+    inside = str(common.REPO / "benchmarks" / "work" / "cache" / "a")
     record = {"artifact": {"path": inside}, "runs": [inside, "/elsewhere/b"], "n": 1}
     assert runner.repo_relative(record) == {
         "artifact": {"path": "benchmarks/work/cache/a"},
@@ -284,9 +286,6 @@ def test_dataset_measurement_times_both_tiger_layouts_over_random_codes(fast_run
 
 def test_serving_measurement_records_precache_lookup_and_online_latency(fast_run_config):
     from recbole_prorec.quick_start import run
-
-    sys.path.insert(0, str(pathlib.Path(runner.__file__).parent))
-    import serving
 
     checkpoint = run("SASRec", "tiny", config_dict=fast_run_config)["saved_model_file"]
     record = serving.measure(checkpoint, "SASRec", k=5, workers=0, lookups=50, single_users=5)  # Ray: test_serve
