@@ -5,6 +5,7 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_seed
 
@@ -156,18 +157,39 @@ def test_info_nce_ignores_duplicate_targets_as_negatives(bf16):
     assert loss.dtype == torch.float32 and loss.item() < 1e-3
 
 
-def test_prorec_kd_weights_add_their_terms_and_zero_removes_them(fast_run_config):
-    losses = {}
-    for item_weight, history_weight in [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]:
-        _, model, (train_data, _, _) = prepared(
-            PRORec, fast_run_config, kd_item_weight=item_weight, kd_history_weight=history_weight, bf16=False
-        )
-        assert (model.item_projection is None) == (item_weight == 0)
-        assert (model.history_projection is None) == (history_weight == 0)
-        with torch.no_grad():
-            losses[item_weight, history_weight] = model.calculate_loss(next(iter(train_data))).item()
-    assert losses[1.0, 0.0] > losses[0.0, 0.0] + 0.5  # an untrained InfoNCE term is about log(batch)
-    assert losses[0.0, 1.0] > losses[0.0, 0.0] + 0.5
+def _explicit_nce(queries, keys, temperature):
+    """The docstring's NCE, one query at a time: keys equal to the query's own key are not its negatives."""
+    queries, keys = F.normalize(queries, dim=-1), F.normalize(keys, dim=-1)
+    terms = []
+    for n in range(len(keys)):
+        candidates = (keys @ keys[n] <= 1 - 1e-6) | (torch.arange(len(keys)) == n)
+        logits = keys[candidates] @ queries[n] / temperature
+        terms.append(logits.logsumexp(0) - keys[n] @ queries[n] / temperature)
+    return torch.stack(terms).mean()
+
+
+@pytest.mark.parametrize("item_weight, history_weight", [(0.5, 0.0), (0.0, 2.0), (0.0, 0.0)])
+def test_prorec_loss_is_code_ce_plus_the_weighted_distillation_terms(fast_run_config, item_weight, history_weight):
+    """L = L_CE + w_item * NCE(P_item(s_n), e_{y_n}) + w_hist * NCE(P_hist(m_n), mean of e over seen history)."""
+    _, model, (train_data, _, _) = prepared(
+        PRORec, fast_run_config, kd_item_weight=item_weight, kd_history_weight=history_weight, bf16=False
+    )
+    assert (model.item_projection is None) == (item_weight == 0)
+    assert (model.history_projection is None) == (history_weight == 0)
+    model.eval()  # no dropout: calculate_loss and the explicit computation see the same states
+    batch = next(iter(train_data))
+    with torch.no_grad():
+        loss = model.calculate_loss(batch)
+        step = model.generation_step(batch)
+        expected = -step.code_log_probs.mean()
+        embeddings, tau = model.integrated_embeddings, model.kd_temperature
+        if item_weight:
+            queries = model.item_projection(step.target_state)
+            expected += item_weight * _explicit_nce(queries, embeddings[step.target_items], tau)
+        if history_weight:
+            keys = torch.stack([embeddings[seen[seen > 0]].mean(0) for seen in step.history_items])
+            expected += history_weight * _explicit_nce(model.history_projection(step.history_state), keys, tau)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
 
 
 @pytest.mark.parametrize("model_class", [TIGER, PRORec])
