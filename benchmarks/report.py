@@ -118,6 +118,12 @@ def group_rows(records):
     return rows
 
 
+def best_baseline(rows, baselines, metric="ndcg@10"):
+    """The row of `baselines` with the highest mean `metric` (None when none ran)."""
+    candidates = [row for row in rows if row["label"] in baselines and row[metric][0] is not None]
+    return max(candidates, key=lambda row: row[metric][0], default=None)
+
+
 def improvement(rows, proposed, baselines):
     """{metric: % change of `proposed` over the best of `baselines`} where both have the metric."""
     by_label = {row["label"]: row for row in rows}
@@ -126,13 +132,86 @@ def improvement(rows, proposed, baselines):
     change = {}
     for metric in METRICS:
         ours = by_label[proposed][metric][0]
-        best = max(
-            (by_label[b][metric][0] for b in baselines if b in by_label and by_label[b][metric][0] is not None),
-            default=None,
-        )
+        best = best_baseline(rows, baselines, metric)
         if ours is not None and best:
-            change[metric] = 100.0 * (ours - best) / best
+            change[metric] = 100.0 * (ours - best[metric][0]) / best[metric][0]
     return change
+
+
+def significance(ours, theirs, metric="ndcg@10"):
+    """Whether two rows differ by more than two standard deviations of their difference, in words.
+
+    The std of the difference of two means over seeds is ``sqrt(std_a^2 + std_b^2)``; with fewer than two seeds in
+    either row there is no std, and nothing can be called significant.
+    """
+    (mean_a, std_a), (mean_b, std_b) = ours[metric], theirs[metric]
+    if std_a is None or std_b is None:
+        return f"not tested ({min(len(ours['seeds']), len(theirs['seeds']))} seed)"
+    threshold = 2 * (std_a**2 + std_b**2) ** 0.5
+    verdict = "significant" if abs(mean_a - mean_b) > threshold else "not significant"
+    return f"{verdict} (|diff| {abs(mean_a - mean_b):.4f} vs 2 std {threshold:.4f})"
+
+
+def summary_section(suites, records, references, metric="ndcg@10"):
+    """One line per dataset of the suites marked `summary: true`: the proposed model, the best of our baselines,
+    the published TIGER row, and the relative differences."""
+    lines = []
+    for suite_name, suite in suites.items():
+        if not suite.get("summary") or not records.get(suite_name):
+            continue
+        proposed, baselines = suite["proposed"], suite.get("baselines", [])
+        for dataset in sorted({r["dataset"] for r in records[suite_name]}):
+            rows = group_rows([r for r in records[suite_name] if r["dataset"] == dataset])
+            ours = next((row for row in rows if row["label"] == proposed), None)
+            best = best_baseline(rows, baselines, metric)
+            if ours is None or best is None:
+                continue
+            tiger = next((ref for ref in references.get(dataset, []) if ref["model"] == "TIGER"), None)
+            cells = [
+                dataset,
+                f"{proposed} ({len(ours['seeds'])} seeds)",
+                format_value(*ours["recall@10"]),
+                format_value(*ours[metric]),
+                f"{best['label']} ({len(best['seeds'])} seeds)",
+                format_value(*best["recall@10"]),
+                format_value(*best[metric]),
+                f"{100.0 * (ours[metric][0] - best[metric][0]) / best[metric][0]:+.1f}%",
+                significance(ours, best, metric),
+            ]
+            if tiger:
+                cells += [
+                    f"{tiger['recall@10']:.4f} / {tiger['ndcg@10']:.4f}",
+                    f"{100.0 * (ours[metric][0] - tiger[metric]) / tiger[metric]:+.1f}%",
+                ]
+            else:
+                cells += ["–", "–"]
+            lines.append("| " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    header = [
+        "dataset",
+        "ours",
+        "R@10",
+        "N@10",
+        "best of our baselines",
+        "R@10",
+        "N@10",
+        "N@10 vs baseline",
+        "difference",
+        "TIGER published R@10 / N@10",
+        "N@10 vs TIGER published",
+    ]
+    return [
+        "## Summary",
+        "",
+        "Test metrics, mean ± std over seeds; a difference counts as significant when it exceeds two standard",
+        "deviations of the difference of the two means (sqrt(std_a² + std_b²)).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *lines,
+        "",
+    ]
 
 
 def change_against(row, rows, compare_to, metric="ndcg@10"):
@@ -288,6 +367,9 @@ def training_section(suite_name, suite, records, references, plots_dir):
                     f"{proposed} vs the best of ({against}) per column: "
                     + ", ".join(f"{short_name(m)} {v:+.1f}%" for m, v in change.items())
                 )
+                ours = next(row for row in rows if row["label"] == proposed)
+                best = best_baseline(rows, suite.get("baselines", []))
+                lines.append(f"N@10 against {best['label']}: {significance(ours, best)}.")
                 lines.append("")
         plot = plots_dir / f"{suite_name}-{dataset}.png"
         plot_metrics(rows, f"{suite_name}: {dataset}", plot)
@@ -365,8 +447,10 @@ def build_report(results_dir=BENCHMARKS / "results", suites_dir=BENCHMARKS / "su
         "cosine schedule (learning rate 0 there) without early stopping firing.",
         "",
     ]
+    suites = {name: load_yaml(pathlib.Path(suites_dir) / f"{name}.yaml") for name in records}
+    lines += summary_section(suites, records, references)
     for suite_name, suite_records in records.items():
-        suite = load_yaml(pathlib.Path(suites_dir) / f"{suite_name}.yaml")
+        suite = suites[suite_name]
         if suite.get("kind") == "speed":
             lines += speed_section(suite_name, suite, suite_records, plots_dir)
         elif suite.get("kind") == "serving":

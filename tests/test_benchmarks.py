@@ -178,6 +178,27 @@ def test_report_means_over_seeds_bolds_the_best_and_shows_the_improvement(tmp_pa
     assert (tmp_path / "plots" / "main-d.png").stat().st_size > 0
 
 
+def test_summary_compares_the_proposed_model_with_the_best_baseline_and_calls_significance(tmp_path):
+    results, suites = tmp_path / "results", tmp_path / "suites"
+    results.mkdir()
+    suites.mkdir()
+    records = [_record("Base", 0, 0.030), _record("Base", 1, 0.032), _record("Weak", 0, 0.01)]
+    records += [_record("New", 0, 0.040), _record("New", 1, 0.042)]
+    (results / "main.jsonl").write_text("\n".join(json.dumps({**r, "dataset": "toys"}) for r in records) + "\n")
+    suite = {"summary": True, "proposed": "New", "baselines": ["Base", "Weak"]}
+    (suites / "main.yaml").write_text(yaml.safe_dump(suite))
+    text = report.build_report(results, suites, tmp_path / "plots")
+    summary = text[text.index("## Summary") : text.index("## main")]
+    (line,) = [row for row in summary.splitlines() if row.startswith("| toys |")]
+    assert "New (2 seeds)" in line and "Base (2 seeds)" in line and "+32.3%" in line  # .041 vs .031
+    assert "| significant (|diff| 0.0100 vs 2 std 0.0040) |" in line  # std 0.00141 each: 2 sqrt(2) 0.00141
+    assert "TIGER" in summary and line.endswith("| – | – |")  # no published TIGER row for "toys"
+    close = [_record("Base", 0, 0.030), _record("Base", 1, 0.040), _record("New", 0, 0.036), _record("New", 1, 0.038)]
+    base, new = report.group_rows(close[:2]), report.group_rows(close[2:])
+    assert report.significance(new[0], base[0]).startswith("not significant")
+    assert report.significance(new[0], report.group_rows(close[:1])[0]) == "not tested (1 seed)"
+
+
 def test_epoch_note_tells_early_stopping_from_a_cap_and_a_schedule_end():
     record = _record("x", 0, 0.1)
     assert report.epoch_note(record) == ""  # 8 of 10 epochs: stopped early
