@@ -94,9 +94,30 @@ def disable_anomaly_detection():
     torch.autograd.set_detect_anomaly(False)
 
 
+def name_the_file_in_load_errors():
+    """Why: RecBole's `Dataset._load_feat` reports an atomic file it cannot parse without naming it ("Unable to
+    convert column timestamp:float to type float64", "not enough values to unpack" for an empty file). The
+    wrapper re-raises the same ValueError with the file's path in front."""
+    from recbole.data.dataset import Dataset
+
+    original = Dataset._load_feat
+    if getattr(original, "names_the_file", False):
+        return
+
+    def _load_feat(self, filepath, source):
+        try:
+            return original(self, filepath, source)
+        except ValueError as error:
+            raise ValueError(f"{filepath}: {error} (a RecBole atomic file: a 'name:type' header, then rows)") from error
+
+    _load_feat.names_the_file = True
+    Dataset._load_feat = _load_feat
+
+
 def apply():
     """Every shim above (idempotent)."""
     restore_numpy_aliases()
     disable_anomaly_detection()
     allow_recbole_checkpoints()
     save_checkpoints_with_protocol_2()
+    name_the_file_in_load_errors()

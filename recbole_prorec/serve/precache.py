@@ -14,9 +14,7 @@ import datetime
 import hashlib
 import logging
 import pathlib
-import pickle
 import time
-import zipfile
 
 import numpy as np
 import torch
@@ -44,14 +42,14 @@ def file_sha256(path):
 
 def load_recommender(checkpoint, overrides=None):
     """`(config, model, dataset, test_dataset)` from a RecBole checkpoint, or a `PrecacheError` naming the file."""
-    from recbole_prorec.evaluate import load_data_and_model
+    from recbole_prorec.evaluate import CheckpointError, load_data_and_model
 
     path = pathlib.Path(checkpoint)
-    if not path.is_file():
-        raise PrecacheError(f"{path}: no such checkpoint file")
     try:
         config, model, dataset, (_, _, test_data) = load_data_and_model(path, overrides)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, KeyError, TypeError) as error:
+    except CheckpointError as error:
+        raise PrecacheError(str(error)) from None
+    except (RuntimeError, KeyError, TypeError) as error:  # weights or config that do not fit the model
         raise PrecacheError(f"{path}: not a RecBole checkpoint ({type(error).__name__}: {error})") from None
     if not isinstance(model, SequentialRecommender):
         raise PrecacheError(f"{path}: a {config['model']} checkpoint; pre-computation serves sequential recommenders")
