@@ -104,6 +104,24 @@ def test_p5_folder_without_metadata_writes_empty_text_and_says_so(tmp_path, capl
     assert "no item metadata" in caplog.text
 
 
+def test_p5_keyword_file_becomes_a_keywords_column_and_a_bad_line_names_the_file(tmp_path, caplog):
+    raw = tmp_path / "sports"
+    raw.mkdir()
+    write_lines(raw / "user_sequence.txt", ["u1 a b c", "u2 b a"])
+    write_lines(raw / "item_generative_indexing_phase_0.txt", ["b jump rope  olympic", "a yoga &amp; mats", "z unused"])
+    with caplog.at_level(logging.WARNING, logger="recbole_prorec.data"):
+        convert(raw, tmp_path / "out")
+    header, items = read_items(tmp_path / "out" / "sports", "sports")
+    assert header[-1] == "keywords:token_seq"
+    assert items["a"]["keywords"] == "yoga & mats" and items["b"]["keywords"] == "jump rope olympic"
+    assert items["c"]["keywords"] == "" and items["a"]["title"] == ""  # no keywords line, no metadata
+    assert "no item metadata" not in caplog.text
+    write_lines(raw / "item_generative_indexing_phase_0.txt", ["b jump rope", "a"])
+    with pytest.raises(ConversionError, match=r"item_generative_indexing_phase_0.txt, line 2: .*no keywords"):
+        convert(raw, tmp_path / "again")
+    assert not (tmp_path / "again" / "sports").exists() or not any((tmp_path / "again" / "sports").iterdir())
+
+
 def test_p5_metadata_passed_explicitly_and_several_candidates_rejected(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()

@@ -1,7 +1,9 @@
 """Readers for the Amazon review datasets in the layouts generative-recommendation papers use.
 
 - "p5": a folder with `user_sequence.txt` (`<user> <item_1> ... <item_n>`: one line per user, items in time order;
-  S3-Rec/P5/TIGER) and optional item metadata as one JSON object keyed by item id (`item_meta*.json` or `meta*.json`).
+  S3-Rec/P5/TIGER) and optional item metadata as one JSON object keyed by item id (`item_meta*.json` or `meta*.json`),
+  and/or generated keyword text, one `<item> <keywords ...>` line per item (`item_generative_indexing*.txt`, IDGenRec;
+  written as the `keywords` column: keywords produced by a model from the item's text, not a title).
 - "2014": McAuley's `reviews_<Category>_5.json.gz` (JSON lines) + `meta_<Category>.json.gz` (Python literals).
   J. McAuley et al., Image-based recommendations on styles and substitutes, SIGIR 2015.
 - "2018": `<Category>_5.json.gz` + `meta_<Category>.json.gz`, both JSON lines.
@@ -24,10 +26,11 @@ import zlib
 
 from tqdm import tqdm
 
-from recbole_prorec.data.text import item_fields
+from recbole_prorec.data.text import clean_text, item_fields
 
 P5_SEQUENCES = "user_sequence.txt"
 P5_META_PATTERNS = ("item_meta*.json", "meta*.json")
+P5_KEYWORDS_PATTERN = "item_generative_indexing*.txt"
 _WHITESPACE = re.compile(r"\s")
 
 
@@ -98,6 +101,7 @@ class RawSource:
     format: str
     interactions: pathlib.Path
     meta: pathlib.Path | None
+    keywords: pathlib.Path | None = None  # p5 only: generated keyword text per item
 
 
 def _match_file(path, formats, meta):
@@ -106,7 +110,8 @@ def _match_file(path, formats, meta):
     The metadata file is `meta` if given, else the one found by name beside `path` (or None).
     """
     if "p5" in formats and path.name == P5_SEQUENCES:
-        return RawSource("p5", path, meta or _find_p5_meta(path.parent))
+        keywords = _find_one(path.parent, (P5_KEYWORDS_PATTERN,), "keyword files", "")
+        return RawSource("p5", path, meta or _find_p5_meta(path.parent), keywords)
     for name in formats:
         release = RELEASES.get(name)
         match = release and release.reviews_pattern.match(path.name)
@@ -143,13 +148,16 @@ def detect_format(path, fmt="auto", meta=None):
     return candidates[0] if candidates else None
 
 
-def _find_p5_meta(folder):
-    found = sorted({file for pattern in P5_META_PATTERNS for file in folder.glob(pattern)})
+def _find_one(folder, patterns, what="item metadata files", option="--meta"):
+    """The one file of `folder` matching `patterns`, None if there is none, an error if several."""
+    found = sorted({file for pattern in patterns for file in folder.glob(pattern)})
     if len(found) > 1:
-        raise ConversionError(
-            f"{folder}: several item metadata files ({', '.join(f.name for f in found)}); choose one with --meta."
-        )
+        raise ConversionError(f"{folder}: several {what} ({', '.join(f.name for f in found)}); choose one{option}.")
     return found[0] if found else None
+
+
+def _find_p5_meta(folder):
+    return _find_one(folder, P5_META_PATTERNS, option=" with --meta")
 
 
 def _parsed_lines(path, parse, what, stats, skip_malformed):
@@ -259,13 +267,36 @@ def _read_p5_meta(path, stats, skip_malformed):
     return metas
 
 
+def _read_p5_keywords(path, items, stats, skip_malformed):
+    """{item: cleaned keyword text} from `<item> <keywords ...>` lines, for the `items` wanted."""
+
+    def parse(text):
+        item, _, keywords = text.strip().partition(" ")
+        if not keywords.strip():
+            raise ValueError("no keywords after the item id")
+        return [(item, clean_text(keywords))] if item in items else []
+
+    keywords = {}
+    for item, text in _parsed_lines(path, parse, "'<item_id> <keyword> <keyword> ...'", stats, skip_malformed):
+        keywords.setdefault(item, text)
+    return keywords
+
+
 def read_item_meta(source, items, stats, skip_malformed=False):
-    """{item: item_fields} for the `items` wanted (others are not kept); first record wins for repeated ids."""
+    """{item: item_fields} for the `items` wanted (others are not kept); first record wins for repeated ids.
+
+    A p5 source's keyword file adds a `keywords` field (items without metadata get empty other fields).
+    """
+    if source.format == "p5":
+        metas = _read_p5_meta(source.meta, stats, skip_malformed) if source.meta is not None else {}
+        metas = {item: metas[item] for item in items if item in metas}
+        if source.keywords is not None:
+            empty = item_fields({})
+            for item, text in _read_p5_keywords(source.keywords, items, stats, skip_malformed).items():
+                metas[item] = {**metas.get(item, empty), "keywords": text}
+        return metas
     if source.meta is None:
         return {}
-    if source.format == "p5":
-        metas = _read_p5_meta(source.meta, stats, skip_malformed)
-        return {item: metas[item] for item in items if item in metas}
     release = RELEASES[source.format]
 
     def parse(text):

@@ -13,7 +13,7 @@ import secrets
 
 INTER_HEADER = ("user_id:token", "item_id:token", "timestamp:float")
 TEXT_COLUMNS = ("title", "brand", "categories")  # always written, empty where unknown
-OPTIONAL_TEXT_COLUMNS = ("description",)  # written when any item has one
+OPTIONAL_TEXT_COLUMNS = ("description", "keywords")  # written when any item has one
 
 
 @dataclasses.dataclass

@@ -37,7 +37,7 @@ def convert(source, out, name=None, *, fmt="auto", meta=None, kcore=None, skip_m
         )
     items = {item for events in sequences.values() for item, _ in events}
     item_meta = read_item_meta(raw, items, stats, skip_malformed)
-    if raw.meta is None:
+    if raw.meta is None and raw.keywords is None:
         logger.warning("%s: no item metadata found; the .item file has empty title/brand/categories.", source_path)
     folder = write_atomic_files(out, name, sequences, item_meta, stats)
 
@@ -63,7 +63,8 @@ def raw_files_help(raw_path):
         [
             f"Put the raw files of one of these formats into {raw}/:",
             f"  - p5: {raw}/user_sequence.txt ('<user> <item> <item> ...' in time order), optionally with item "
-            f"metadata {raw}/item_meta*.json or {raw}/meta*.json ({{item_id: {{title, brand, categories}}}});",
+            f"metadata {raw}/item_meta*.json or {raw}/meta*.json ({{item_id: {{title, brand, categories}}}}) and/or "
+            f"keyword text {raw}/item_generative_indexing*.txt ('<item> <keywords ...>' per line);",
             f"  - 2014 (http://jmcauley.ucsd.edu/data/amazon/): {raw}/reviews_<Category>_5.json.gz and "
             f"{raw}/meta_<Category>.json.gz;",
             f"  - 2018 (https://nijianmo.github.io/amazon/): {raw}/<Category>_5.json.gz and "
