@@ -167,8 +167,11 @@ def stage_one_artifact(model_class, config, dataset, config_file_list, config_di
     return artifact, stage_one_result
 
 
-def run(model, dataset, config_file_list=None, config_dict=None, saved=True, callback_fn=None):
+def run(model, dataset, config_file_list=None, config_dict=None, saved=True, callback_fn=None, test=True):
     """Train `model` on `dataset` with early stopping on the validation metric, then test the best weights.
+
+    `test=False` skips the test evaluation (`test_result` is then empty): a tuning trial must choose on
+    validation alone.
 
     Returns a dict with the best validation and the test results, the validation score of every epoch this
     process trained ("valid_curve": [[epoch, score, seconds of training and validation so far], ...]), epochs run,
@@ -222,7 +225,9 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
         train_data, valid_data, saved=saved, show_progress=config["show_progress"], callback_fn=record_epoch
     )
     test_start = time.perf_counter()
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    test_result = (
+        trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"]) if test else {}
+    )
     test_seconds = time.perf_counter() - test_start
 
     pick = max if config["valid_metric_bigger"] else min

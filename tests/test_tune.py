@@ -1,4 +1,5 @@
-"""Ray Tune searches: search-space files, the schedulers, and a real search whose table is the trials' own reports."""
+"""Ray Tune searches: search-space files, the schedulers, and real searches whose tables are the trials' own
+reports, with validation metrics only, and whose one test result is that of the best configuration's checkpoint."""
 
 import csv
 import json
@@ -7,18 +8,20 @@ import pathlib
 import pytest
 import yaml
 
+from recbole_prorec.evaluate import evaluate_checkpoint
 from recbole_prorec.quick_start import build_config
 from recbole_prorec.registry import get_model, model_config_files
 from recbole_prorec.tune import (
+    TEST_LABEL,
     SearchSettings,
     SearchSpaceError,
     build_scheduler,
     load_search_space,
-    main,
     plan_search,
     sampled_keys,
     search,
 )
+from recbole_prorec.tune.__main__ import main
 from recbole_prorec.utils import PROPERTIES_DIR
 
 RECBOLE_OVERALL = pathlib.Path(__import__("recbole").__file__).parent / "properties" / "overall.yaml"
@@ -103,7 +106,7 @@ def test_bad_space_is_a_clear_cli_error_before_ray_starts(tiny_data_path, tmp_pa
     assert "space.yaml: key 'learning_rate': uniform needs low < high" in capsys.readouterr().err
 
 
-def test_asha_stops_between_epochs_and_lets_finishing_trials_report_their_test():
+def test_asha_stops_between_epochs_and_lets_finishing_trials_make_their_final_report():
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     asha = build_scheduler("asha", max_t=10, grace_period=2, reduction_factor=2)
@@ -129,6 +132,22 @@ def _reports(trial_dir):
     return [json.loads(line) for line in (pathlib.Path(trial_dir) / "result.json").read_text().splitlines()]
 
 
+def _assert_trials_carry_no_test_metrics(rows):
+    """Neither a trial's reports to Ray nor its row may hold a test metric: a search is chosen on validation."""
+    for row in rows:
+        assert not any("test" in key for key in row), row
+        assert not any("test" in key for report in _reports(row["path"]) for key in report), row["trial"]
+
+
+def _assert_best_is_tested_alone(result):
+    """The best row's checkpoint, evaluated again, gives the search's test metrics and the row's validation."""
+    best = result.best
+    assert best is result.rows[0] and best["status"] == "completed"
+    evaluation = evaluate_checkpoint(best["checkpoint"])
+    assert result.best_test and result.best_test == evaluation["test_result"]
+    assert best["valid"] == pytest.approx(evaluation["valid_result"])  # the checkpoint is the best epoch's
+
+
 def test_search_table_is_the_trials_reports_sorted_and_an_error_keeps_the_others(fast_run_config, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("learning_rate: {loguniform: [1e-3, 1e-2]}\nn_heads: {choice: [2, 3]}\nhidden_size: 64\n")
@@ -143,7 +162,8 @@ def test_search_table_is_the_trials_reports_sorted_and_an_error_keeps_the_others
         output=tmp_path / "tune",
         name="sasrec",
     )
-    rows = search(settings, num_cpus=1, verbose=0)
+    result = search(settings, num_cpus=1, verbose=0)
+    rows = result.rows
 
     # n_heads=3 does not divide hidden_size 64: that trial fails, reported with its config, the others complete.
     assert [row["status"] for row in rows] == ["completed", "completed", "error"]
@@ -156,22 +176,32 @@ def test_search_table_is_the_trials_reports_sorted_and_an_error_keeps_the_others
         assert [r["epochs_trained"] for r in reports] == [1, 2, 2]
         final = reports[-1]
         assert row["valid"] == {k[len("valid_") :]: v for k, v in final.items() if k.startswith("valid_")}
-        assert row["test"] == {k[len("test_") :]: v for k, v in final.items() if k.startswith("test_")}
-        assert row["best_epoch"] == final["best_epoch"]
+        assert row["best_epoch"] == final["best_epoch"] and row["checkpoint"] == final["checkpoint"]
         assert row["valid"]["ndcg@10"] == max(r["valid_ndcg@10"] for r in reports)
-        assert set(row["test"]) == {f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20)}
+        assert set(row["valid"]) == {f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20)}
         assert row["config"] == {key: final["config"][key] for key in ("learning_rate", "n_heads")}
     assert rows[0]["valid"]["ndcg@10"] >= rows[1]["valid"]["ndcg@10"]
+    _assert_trials_carry_no_test_metrics(rows)
+    _assert_best_is_tested_alone(result)
+    assert set(result.best_test) == set(rows[0]["valid"])
 
     folder = tmp_path / "tune" / "sasrec"
     table = list(csv.DictReader((folder / "results.csv").open()))
     assert [r["trial"] for r in table] == [row["trial"] for row in rows]
     assert float(table[0]["valid_ndcg@10"]) == rows[0]["valid"]["ndcg@10"]
-    assert table[2]["status"] == "error" and table[2]["test_ndcg@10"] == ""
+    assert table[2]["status"] == "error" and table[2]["valid_ndcg@10"] == ""
+    assert not any("test" in column for column in table[0])
     markdown = (folder / "results.md").read_text()
-    assert markdown.index(rows[0]["trial"]) < markdown.index(rows[1]["trial"]) < markdown.index(rows[2]["trial"])
+    trials_table, best_section = markdown.split("## Best configuration")
+    positions = [trials_table.index(row["trial"]) for row in rows]
+    assert positions == sorted(positions)
+    assert "test" not in next(line for line in trials_table.splitlines() if line.startswith("| rank"))
+    assert rows[0]["trial"] in best_section.splitlines()[0]
+    assert f"| {TEST_LABEL} | " in best_section
 
-    best = yaml.safe_load((folder / "best_config.yaml").read_text())
+    best_text = (folder / "best_config.yaml").read_text()
+    assert f"# {TEST_LABEL}: ndcg@10 " in best_text
+    best = yaml.safe_load(best_text)
     assert best["learning_rate"] == rows[0]["config"]["learning_rate"] and best["n_heads"] == 2
     assert best["hidden_size"] == 64 and best["epochs"] == 2
     config = build_config("SASRec", "tiny", config_file_list=[str(folder / "best_config.yaml")])
@@ -204,9 +234,12 @@ def test_two_stage_search_trains_stage_one_once_and_names_it_in_the_best_config(
         output=tmp_path / "tune",
         name="prorec",
     )
-    rows = search(settings, num_cpus=1, verbose=0)
+    result = search(settings, num_cpus=1, verbose=0)
+    rows = result.rows
 
     assert [row["status"] for row in rows] == ["completed", "completed"]
+    _assert_trials_carry_no_test_metrics(rows)
+    _assert_best_is_tested_alone(result)
     artifacts = {row["full_config"]["tokenizer_artifact"] for row in rows}
     assert len(artifacts) == 1 and pathlib.Path(f"{artifacts.pop()}.npz").is_file()
     assert len(list((tmp_path / "saved" / "cache" / "artifacts").glob("*PRORecTokenizer*.npz"))) == 1
