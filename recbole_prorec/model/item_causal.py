@@ -180,6 +180,22 @@ class CodeHead(nn.Module):
             dim=-1,
         )
 
+    def candidate_log_probs(self, state, codes):
+        """Log-probability of several candidate items per state: `state [N, d]`, `codes [N, C, L]` -> `[N, C]`.
+
+        The parallel head computes each level's log-probabilities once per state and gathers the candidates' codes;
+        the autoregressive one runs each candidate's own prefix (what sampled-negative losses need).
+        """
+        scores = 0
+        for level in range(self.num_levels):
+            if self.autoregressive:
+                expanded = state.unsqueeze(1).expand(-1, codes.shape[1], -1)  # [N, C, d]
+                log_probs = self.level_log_probs(expanded, codes[..., :level], level)  # [N, C, K]
+                scores = scores + log_probs.gather(-1, codes[..., level : level + 1]).squeeze(-1)
+            else:
+                scores = scores + self.level_log_probs(state, None, level).gather(1, codes[..., level])
+        return scores
+
     def all_item_scores(self, state, item_codes):
         """Exact log-probability of every item (parallel head only): `state [B, d]` -> `[B, item_num]`.
 

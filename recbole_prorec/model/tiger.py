@@ -134,14 +134,18 @@ class TIGER(SequentialRecommender):
             self.seq2seq = CodeSeq2Seq.from_config(self.code_index.codebook_sizes, self.max_seq_length, config)
             self.state_size = config["d_model"]
         else:
-            sizes = self.code_index.codebook_sizes
-            self.code_embedding = nn.Embedding(1 + sum(sizes), config["hidden_size"], padding_idx=0)
-            code_starts = 1 + torch.tensor([0] + sizes[:-1]).cumsum(0)
-            self.register_buffer("code_starts", code_starts, persistent=False)  # [L], token 0 = padding
-            self.sequence_encoder = self.build_sequence_encoder(config, item_embedding=config["item_id_input"])
-            self.code_head = CodeHead(sizes, config["hidden_size"], config["code_head"])
-            self.state_size = config["hidden_size"]
+            self.build_item_causal(config)
         self.apply(self._init_weights)
+
+    def build_item_causal(self, config):
+        """The item-causal layout's modules: code embeddings, the causal sequence encoder, the code head."""
+        sizes = self.code_index.codebook_sizes
+        self.code_embedding = nn.Embedding(1 + sum(sizes), config["hidden_size"], padding_idx=0)
+        code_starts = 1 + torch.tensor([0] + sizes[:-1]).cumsum(0)
+        self.register_buffer("code_starts", code_starts, persistent=False)  # [L], token 0 = padding
+        self.sequence_encoder = self.build_sequence_encoder(config, item_embedding=config["item_id_input"])
+        self.code_head = CodeHead(sizes, config["hidden_size"], config["code_head"])
+        self.state_size = config["hidden_size"]
 
     def build_sequence_encoder(self, config, item_embedding):
         """A `SequenceEncoder` of the configured size (SASRec's option names, as in PRORecTokenizer.yaml)."""

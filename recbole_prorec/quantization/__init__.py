@@ -1,9 +1,10 @@
-"""Item-code quantization: residual k-means (PRORec), RQ-VAE (TIGER), collision levels, the item-code artifact."""
+"""Item-code quantization: residual k-means (PRORec), RQ-VAE (TIGER), RQ-VAE in a language model's token space
+(SemConv), collision handling, the item-code artifact."""
 
 from .artifact import ItemCodeArtifact
-from .collisions import add_collision_level, collision_index, collision_rate
+from .collisions import add_collision_level, collision_index, collision_rate, resolve_in_last_level
 from .kmeans import kmeans, residual_kmeans
-from .quantizer import QuantizationResult, quantize
+from .quantizer import QuantizationResult, quantization_result, quantize
 from .rqvae import RQVAE, RQVAEConfig, train_rqvae
 from .stats import code_usage
 
@@ -17,7 +18,9 @@ __all__ = [
     "collision_index",
     "collision_rate",
     "kmeans",
+    "quantization_result",
     "quantize",
+    "resolve_in_last_level",
     "residual_kmeans",
     "train_rqvae",
 ]

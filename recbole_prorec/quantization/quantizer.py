@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 
-from .collisions import add_collision_level, collision_rate
+from .collisions import add_collision_level, collision_index, collision_rate
 from .kmeans import reconstruct, residual_kmeans
 from .rqvae import RQVAEConfig, train_rqvae
 from .stats import code_usage
@@ -65,28 +65,35 @@ def quantize(embeddings, method="rkmeans", levels=3, codebook_size=256, seed=0, 
         used_size = model.codebooks.shape[1]
     prefix = codes.numpy().astype(np.int64)
     item_codes = add_collision_level(prefix)
+    settings = {"levels": levels, "seed": seed, "balanced": balanced}
+    return quantization_result(method, prefix, item_codes, used_size, errors, start, **settings)
+
+
+def quantization_result(method, prefix_codes, item_codes, codebook_size, errors, start, **settings):
+    """``QuantizationResult`` of unique ``item_codes [n, L']`` with the statistics every quantizer reports, logged.
+
+    ``prefix_codes [n, L]`` are the quantizer's own codes before collisions were resolved, ``errors`` its
+    reconstruction errors (with ``reconstruction_error``), ``start`` its ``time.perf_counter()`` at the start,
+    ``settings`` the options recorded with the statistics (levels, seed, ...).
+    """
     stats = {
         "method": method,
-        "num_items": int(x.shape[0]),
-        "levels": levels,
-        "codebook_size": int(used_size),
-        "seed": seed,
-        "balanced": balanced,
-        "collision_rate_before": collision_rate(prefix),
+        "num_items": int(item_codes.shape[0]),
+        **settings,
+        "codebook_size": int(codebook_size),
+        "collision_rate_before": collision_rate(prefix_codes),
         "collision_rate_after": collision_rate(item_codes),
-        "max_collision_index": int(item_codes[:, -1].max()),
-        **code_usage(prefix, used_size),
+        "max_collision_index": int(collision_index(prefix_codes).max()),  # rank among the items sharing their codes
+        **code_usage(prefix_codes, codebook_size),
         **errors,
         "seconds": time.perf_counter() - start,
     }
     logger.info(
-        "%s codes in %.1f s: collision rate %.4f -> %.4f, max collision index %d, utilization %s, "
-        "reconstruction MSE %.5f",
+        "%s codes in %.1f s: collision rate %.4f -> %.4f, utilization %s, reconstruction MSE %.5f",
         method,
         stats["seconds"],
         stats["collision_rate_before"],
         stats["collision_rate_after"],
-        stats["max_collision_index"],
         [round(u, 3) for u in stats["utilization"]],
         stats["reconstruction_error"],
     )

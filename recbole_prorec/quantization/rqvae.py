@@ -120,22 +120,27 @@ class RQVAE(nn.Module):
         return codes, errors
 
 
-def train_rqvae(x, levels, codebook_size, seed=0, balanced=False, config=None):
+def train_rqvae(x, levels, codebook_size, seed=0, balanced=False, config=None, model=None):
     """Train an RQ-VAE on ``x [n, d]`` with Adam; returns ``(model, per-epoch mean losses)``.
 
     Deterministic given ``seed``: weights are drawn under a forked, seeded global RNG (the caller's RNG state
     is untouched) and minibatches come from a seeded generator. ``balanced`` applies to the k-means codebook
-    initialisation only; training itself uses nearest-code assignment, as TIGER does.
+    initialisation only; training itself uses nearest-code assignment, as TIGER does. ``model``: an already
+    built and initialised ``RQVAE`` (or subclass) to train instead (``levels``, ``codebook_size``, ``balanced``
+    and the architecture fields of ``config`` are then its own).
     """
     config = config or RQVAEConfig()
     x = x.float()
-    if codebook_size > x.shape[0]:
-        logger.warning("codebook size %d > %d items: using %d codes per level", codebook_size, x.shape[0], x.shape[0])
-        codebook_size = x.shape[0]
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = RQVAE(x.shape[1], levels, codebook_size, config.latent_dim, tuple(config.hidden_dims), config.beta)
-    model.init_codebooks(x, seed, config.kmeans_iters, balanced)
+    if model is None:
+        if codebook_size > x.shape[0]:
+            logger.warning(
+                "codebook size %d > %d items: using %d codes per level", codebook_size, x.shape[0], x.shape[0]
+            )
+            codebook_size = x.shape[0]
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = RQVAE(x.shape[1], levels, codebook_size, config.latent_dim, tuple(config.hidden_dims), config.beta)
+        model.init_codebooks(x, seed, config.kmeans_iters, balanced)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(seed)
     history = []
@@ -143,10 +148,11 @@ def train_rqvae(x, levels, codebook_size, seed=0, balanced=False, config=None):
     for _ in progress:
         total = 0.0
         for batch in torch.randperm(x.shape[0], generator=generator).split(config.batch_size):
-            _, recon_loss, rq_loss = model(x[batch])
-            loss = recon_loss + rq_loss
-            optimizer.zero_grad()
-            loss.backward()
+            with torch.enable_grad():  # also when called under no_grad (a tokenizer's on_training_end)
+                _, recon_loss, rq_loss = model(x[batch])
+                loss = recon_loss + rq_loss
+                optimizer.zero_grad()
+                loss.backward()
             optimizer.step()
             total += loss.item() * batch.numel()
         history.append(total / x.shape[0])
