@@ -131,7 +131,7 @@ def test_beam_narrower_than_topk_is_an_error(fast_run_config):
 def test_prorec_without_an_artifact_says_how_to_get_one(fast_run_config):
     config = make_config(PRORec, fast_run_config)
     dataset = create_dataset(config)
-    with pytest.raises(ValueError, match="tokenizer_artifact"):
+    with pytest.raises(ValueError, match=r"PRORec reads .*tokenizer_artifact.* trains PRORecTokenizer first"):
         PRORec(config, dataset)
 
 

@@ -101,15 +101,6 @@ class PRORec(TIGER):
             self.stage_one_encoder.load_stage_one(self.artifact.encoder, source)
             self.stage_one_encoder.requires_grad_(False)
 
-    def load_artifact(self, config, dataset):
-        if not config["tokenizer_artifact"]:
-            raise ValueError(
-                "PRORec reads its item codes from config['tokenizer_artifact'] (a PRORecTokenizer artifact path "
-                "prefix): run it through recbole_prorec.quick_start.run, which trains PRORecTokenizer first, "
-                "or set tokenizer_artifact"
-            )
-        return super().load_artifact(config, dataset)
-
     def calculate_loss(self, interaction):
         with self.autocast():
             step = self.generation_step(interaction)

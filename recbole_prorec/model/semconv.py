@@ -223,15 +223,6 @@ class SemConv(TIGER):
             self.text_transform = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.LayerNorm(d_model))
             self.text_transform.apply(self._init_weights)
 
-    def load_artifact(self, config, dataset):
-        if not config["tokenizer_artifact"]:
-            raise ValueError(
-                "SemConv reads its item tokens from config['tokenizer_artifact'] (a SemConvTokenizer artifact path "
-                "prefix): run it through recbole_prorec.quick_start.run, which trains SemConvTokenizer first, or set "
-                "tokenizer_artifact"
-            )
-        return super().load_artifact(config, dataset)
-
     def build_item_causal(self, config):
         """Nothing here: SemConv builds its modules after TIGER's weight initialisation, which would overwrite the
         pretrained language model."""

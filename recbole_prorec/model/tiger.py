@@ -164,7 +164,17 @@ class TIGER(SequentialRecommender):
         )
 
     def load_artifact(self, config, dataset):
-        """The item-code artifact at `tokenizer_artifact`; when unset, TIGER's RQ-VAE semantic IDs (cached)."""
+        """The item-code artifact at `tokenizer_artifact`; when unset, TIGER's RQ-VAE semantic IDs (cached).
+
+        A subclass with a `stage_one_model` (PRORec, SemConv) has no such fallback: its codes come from that model.
+        """
+        stage_one = getattr(self, "stage_one_model", None)
+        if stage_one and not config["tokenizer_artifact"]:
+            raise ValueError(
+                f"{type(self).__name__} reads its item codes from config['tokenizer_artifact'] (a {stage_one} "
+                f"artifact path prefix): run it through recbole_prorec.quick_start.run, which trains {stage_one} "
+                "first, or set tokenizer_artifact"
+            )
         self.artifact_path = config["tokenizer_artifact"] or build_semantic_artifact(dataset, config)
         return ItemCodeArtifact.load(self.artifact_path, dataset)
 
