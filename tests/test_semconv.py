@@ -166,6 +166,10 @@ def test_queries_name_the_leaf_category_and_brand(tiny_semconv):
     )
     item = dataset.field2token_id[dataset.iid_field]["i4"]  # title "green widget number 4", Toys > green, brand4
     assert queries[item] == "looking for green by brand4" and queries[0] == ""
+    no_brand = item_queries(dataset, "categories", None, "{category} by {brand}", "looking for {category}")
+    assert no_brand[item] == "looking for green"
+    with pytest.raises(ValueError, match=r"query_category_field / query_brand_field: .*genre.*query_weight: 0"):
+        item_queries(dataset, "genre", None, "{category} by {brand}", "{category}")
     assert model.query_items.tolist() == list(range(1, dataset.item_num))
 
 

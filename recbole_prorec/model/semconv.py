@@ -55,12 +55,21 @@ def item_queries(dataset, category_field, brand_field, template, template_no_bra
 
     The category is the leaf of the item's first category path (`Beauty > Makeup > Nails > Nail Polish | ...`
     -> `nail polish`), the brand the raw brand field; `template` (with `{category}` and `{brand}`) or, for items
-    without a brand, `template_no_brand` (with `{category}`) makes the query: a shopper's intent that names what
-    the item is and who makes it, not the item itself (many items answer one query).
+    without a brand (or with `brand_field` None), `template_no_brand` (with `{category}`) makes the query: a
+    shopper's intent that names what the item is and who makes it, not the item itself (many items answer one
+    query).
     """
-    columns = read_item_fields(dataset, [category_field, brand_field])
+    fields = [category_field] + ([brand_field] if brand_field else [])
+    try:
+        columns = read_item_fields(dataset, fields)
+    except ValueError as error:
+        raise ValueError(
+            f"query_category_field / query_brand_field: {error}; name columns the .item file has, or set "
+            "query_weight: 0"
+        ) from None
+    brands = columns[brand_field] if brand_field else [""] * len(columns[category_field])
     queries = []
-    for category, brand in zip(columns[category_field], columns[brand_field]):
+    for category, brand in zip(columns[category_field], brands):
         leaf = category.split("|")[0].split(">")[-1].strip().lower()
         if not leaf:
             queries.append("")
