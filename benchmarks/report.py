@@ -149,7 +149,7 @@ def significance(ours, theirs, metric="ndcg@10"):
         return f"not tested ({min(len(ours['seeds']), len(theirs['seeds']))} seed)"
     threshold = 2 * (std_a**2 + std_b**2) ** 0.5
     verdict = "significant" if abs(mean_a - mean_b) > threshold else "not significant"
-    return f"{verdict} (|diff| {abs(mean_a - mean_b):.4f} vs 2 std {threshold:.4f})"
+    return f"{verdict} (difference {abs(mean_a - mean_b):.4f} vs 2 std {threshold:.4f})"
 
 
 def summary_section(suites, records, references, metric="ndcg@10"):

@@ -191,7 +191,7 @@ def test_summary_compares_the_proposed_model_with_the_best_baseline_and_calls_si
     summary = text[text.index("## Summary") : text.index("## main")]
     (line,) = [row for row in summary.splitlines() if row.startswith("| toys |")]
     assert "New (2 seeds)" in line and "Base (2 seeds)" in line and "+32.3%" in line  # .041 vs .031
-    assert "| significant (|diff| 0.0100 vs 2 std 0.0040) |" in line  # std 0.00141 each: 2 sqrt(2) 0.00141
+    assert "| significant (difference 0.0100 vs 2 std 0.0040) |" in line  # std 0.00141 each: 2 sqrt(2) 0.00141
     assert "TIGER" in summary and line.endswith("| – | – |")  # no published TIGER row for "toys"
     close = [_record("Base", 0, 0.030), _record("Base", 1, 0.040), _record("New", 0, 0.036), _record("New", 1, 0.038)]
     base, new = report.group_rows(close[:2]), report.group_rows(close[2:])
