@@ -103,13 +103,13 @@ class AdaptiveLayerNorm(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def modulation(self, condition):  # condition [N, c] -> scale, shift [N, d]
-        """Per-row ``(1 + gamma(c), beta(c))``."""
-        return 1 + self.gamma(condition), self.beta(condition)
+    def parts(self, x, condition):  # x [N, d], condition [N, c] -> LN(x), scale, shift [N, d] each
+        """``(LN(x), 1 + gamma(c), beta(c))``, the terms of the output, for losses that pair rows differently."""
+        return self.norm(x), 1 + self.gamma(condition), self.beta(condition)
 
     def forward(self, x, condition):  # x [N, d], condition [N, c]
-        scale, shift = self.modulation(condition)
-        return self.norm(x) * scale + shift
+        normalized, scale, shift = self.parts(x, condition)
+        return normalized * scale + shift
 
 
 class ModalityAdapter(nn.Module):
@@ -132,6 +132,10 @@ class ModalityAdapter(nn.Module):
             self.norm = AdaptiveLayerNorm(hidden_size, hidden_size, eps)
         elif adaptation == "layernorm":
             self.norm = nn.LayerNorm(hidden_size, eps=eps)
+
+    def adaln_parts(self, semantic, condition):
+        """AdaLN's ``(LN(MLP(E_S)), scale, shift)`` (see AdaptiveLayerNorm.parts); ``adaptation: adaln`` only."""
+        return self.norm.parts(self.mlp(semantic), condition)
 
     def forward(self, semantic, condition=None):  # semantic [N, d_s], condition [N, d] (adaln only) -> [N, d]
         hidden = self.mlp(semantic)
@@ -225,10 +229,8 @@ class PRORecTokenizer(SASRec):
         collaborative = self.item_embedding(items)  # [N, d]
         if self.adapter.adaptation != "adaln":
             return symmetric_info_nce(collaborative, self.adapted_semantic(items), self.align_temperature)
-        norm = self.adapter.norm
-        normalized = norm.norm(self.adapter.mlp(self.semantic_embedding[items]))  # [N, d]
-        scale, shift = norm.modulation(collaborative.detach())  # [N, d] each
-        return anchor_conditioned_info_nce(collaborative, normalized, scale, shift, self.align_temperature)
+        parts = self.adapter.adaln_parts(self.semantic_embedding[items], collaborative.detach())  # 3 x [N, d]
+        return anchor_conditioned_info_nce(collaborative, *parts, self.align_temperature)
 
     def calculate_loss(self, interaction):
         if not self.codes_written_at_training_end:
