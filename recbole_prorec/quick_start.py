@@ -19,6 +19,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_trainer, init_logger, init_seed, set_color
 
 from recbole_prorec import compat
+from recbole_prorec.quantization import artifact_prefix
 from recbole_prorec.registry import get_model, model_config_files
 from recbole_prorec.utils import settings_digest
 
@@ -150,9 +151,10 @@ def stage_one_artifact(model_class, config, dataset, config_file_list, config_di
     """
     given = config["tokenizer_artifact"]
     if given:
-        if not pathlib.Path(f"{given}.npz").is_file():
-            raise FileNotFoundError(f"tokenizer_artifact: no file {given}.npz (give the path without .npz)")
-        return given, None
+        prefix = artifact_prefix(given)  # `x`, `x.npz` and `x.json` all name the artifact `x`
+        if not pathlib.Path(f"{prefix}.npz").is_file():
+            raise FileNotFoundError(f"tokenizer_artifact: no file {prefix}.npz")
+        return str(prefix), None
     stage_one = model_class.stage_one_model
     stage_two_only = {"tokenizer_config", "resume_checkpoint"}
     overrides = {k: v for k, v in dict(config_dict or {}).items() if k not in stage_two_only}

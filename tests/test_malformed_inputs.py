@@ -20,16 +20,26 @@ from recbole_prorec.registry import get_model
 from recbole_prorec.trainer import ScheduledTrainer
 
 
-def test_artifact_of_another_dataset_is_a_one_line_cli_error(fast_run_config, capsys):
-    """Stage 2 given another dataset's item codes stops before training, naming the artifact."""
+@pytest.mark.parametrize("suffix", ["", ".npz", ".json"])
+def test_artifact_of_another_dataset_is_a_one_line_cli_error(fast_run_config, capsys, suffix):
+    """Stage 2 given another dataset's item codes stops before training, naming the artifact (given as `x`,
+    `x.npz` or `x.json`, as TIGER accepts it)."""
     codes = np.array([[-1, -1], [0, 0], [0, 1], [1, 0], [1, 1], [2, 0]])
     other = ["[PAD]", *(f"B00{i}" for i in range(5))]
     prefix = ItemCodeArtifact(codes, other, np.ones((6, 4), dtype=np.float32)).save("other-dataset")
     overrides = [f"--{key}={value}" for key, value in fast_run_config.items()]
-    assert cli.main(["--model=PRORec", "--dataset=tiny", f"--tokenizer_artifact={prefix}", *overrides]) == 2
+    given = f"--tokenizer_artifact={prefix}{suffix}"
+    assert cli.main(["--model=PRORec", "--dataset=tiny", given, *overrides]) == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error
     assert f"item-code artifact {prefix} has 6 items but the dataset has 31" in error and "another dataset" in error
+
+
+def test_missing_tokenizer_artifact_is_a_one_line_cli_error(fast_run_config, capsys):
+    overrides = [f"--{key}={value}" for key, value in fast_run_config.items()]
+    assert cli.main(["--model=PRORec", "--dataset=tiny", "--tokenizer_artifact=nowhere/codes.npz", *overrides]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "tokenizer_artifact: no file nowhere/codes.npz" in error
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "missing", "not_recbole"])

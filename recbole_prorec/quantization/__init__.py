@@ -1,7 +1,7 @@
 """Item-code quantization: residual k-means (PRORec), RQ-VAE (TIGER), RQ-VAE in a language model's token space
 (SemConv), collision handling, the item-code artifact."""
 
-from .artifact import ItemCodeArtifact
+from .artifact import ItemCodeArtifact, artifact_prefix
 from .collisions import add_collision_level, collision_index, collision_rate, resolve_in_last_level
 from .kmeans import kmeans, residual_kmeans
 from .quantizer import QuantizationResult, quantization_result, quantize
@@ -14,6 +14,7 @@ __all__ = [
     "RQVAE",
     "RQVAEConfig",
     "add_collision_level",
+    "artifact_prefix",
     "code_usage",
     "collision_index",
     "collision_rate",

@@ -23,7 +23,7 @@ ENCODER_PREFIX = "encoder/"
 PAD_TOKEN = "[PAD]"
 
 
-def _prefix(path):
+def artifact_prefix(path):
     """``x``, ``x.npz`` and ``x.json`` all name the artifact ``x``."""
     path = pathlib.Path(path)
     return path.with_suffix("") if path.suffix in (".npz", ".json") else path
@@ -116,7 +116,7 @@ class ItemCodeArtifact:
 
     def save(self, path):
         """Write ``<path>.npz`` and ``<path>.json`` atomically; returns the path prefix."""
-        prefix = _prefix(path)
+        prefix = artifact_prefix(path)
         meta = {
             "item_tokens": self.item_tokens,
             "config": self.config,
@@ -134,7 +134,7 @@ class ItemCodeArtifact:
     @classmethod
     def load(cls, path, dataset=None):
         """Read an artifact saved by ``save``; with ``dataset``, check it holds exactly the dataset's items."""
-        prefix = _prefix(path)
+        prefix = artifact_prefix(path)
         npz_path, json_path = prefix.with_name(prefix.name + ".npz"), prefix.with_name(prefix.name + ".json")
         for p in (npz_path, json_path):
             if not p.is_file():
