@@ -13,6 +13,7 @@ import pytest
 import torch
 from recbole.data import data_preparation
 from recbole.utils import init_seed
+from test_serve import model_top_k
 
 from recbole_prorec import semantic
 from recbole_prorec.model import semconv
@@ -20,6 +21,8 @@ from recbole_prorec.model.semconv import CODEBOOKS, SemConv, item_queries, item_
 from recbole_prorec.quantization import ItemCodeArtifact, resolve_in_last_level
 from recbole_prorec.quantization.token_space import quantize_in_token_space
 from recbole_prorec.quick_start import build_config, create_model_dataset, run
+from recbole_prorec.serve import open_store
+from recbole_prorec.serve.precache import load_recommender, precache, user_histories
 
 TINY = {
     "lm_layers": 1,
@@ -173,13 +176,22 @@ def test_queries_name_the_leaf_category_and_brand(tiny_semconv):
     assert model.query_items.tolist() == list(range(1, dataset.item_num))
 
 
-def test_both_stages_one_epoch_through_recbole(fast_run_config, offline_models):
+def test_both_stages_one_epoch_through_recbole_then_serving(fast_run_config, offline_models, tmp_path):
+    """One command trains both stages; the checkpoint plugs into the top-K store like every other model's."""
     result = run("SemConv", "tiny", config_dict={**fast_run_config, **TINY})
     stats = result["stage_one"]["artifact"]["stats"]
     assert stats["levels"] == 4 and stats["collision_rate_after"] == 0
     artifact = ItemCodeArtifact.load(result["stage_one"]["artifact"]["path"])
     assert artifact.codes.shape[1] == 4 and CODEBOOKS in artifact.encoder
     assert 0 <= result["test_result"]["ndcg@10"] <= 1
+
+    checkpoint = result["saved_model_file"]
+    meta = precache(checkpoint, tmp_path / "recs.sqlite", k=5, split="test")
+    _, model, _, test_dataset = load_recommender(checkpoint)
+    expected = model_top_k(checkpoint, *user_histories(model, test_dataset, "test"), k=5)
+    store = open_store(tmp_path / "recs.sqlite")
+    assert meta["users"] == len(expected) and store.meta["model"] == "SemConv"
+    assert all(store.top_k(user).items == items for user, items in expected.items())
 
 
 def test_loads_offline_and_names_a_missing_model_path():
