@@ -243,7 +243,9 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": dict(best_valid_result or {}),
         "test_result": dict(test_result or {}),
-        "epochs_run": len(clock.train_seconds),
+        # a resumed run counts the epochs its checkpoint had already trained; the seconds are this process's
+        "epochs_run": trainer.start_epoch + len(clock.train_seconds),
+        "resumed_from_epoch": trainer.start_epoch or None,
         "max_epochs": config["epochs"],
         "lr_schedule": config["lr_schedule"] or "constant",
         "stopping_step": config["stopping_step"],
