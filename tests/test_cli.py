@@ -37,7 +37,6 @@ def test_sasrec_runs_one_epoch_and_reports_metrics(fast_run_config):
     assert torch.load(result["saved_model_file"], map_location="cpu")["config"]["model"] == "SASRec"
 
 
-
 def test_a_resumed_run_counts_the_epochs_of_its_checkpoint(fast_run_config):
     first = run("SASRec", "tiny", config_dict=fast_run_config)
     resumed = run(
@@ -46,6 +45,7 @@ def test_a_resumed_run_counts_the_epochs_of_its_checkpoint(fast_run_config):
     assert resumed["resumed_from_epoch"] == 1 and resumed["epochs_run"] == 2
     assert [epoch for epoch, _, _ in resumed["valid_curve"]] == [1]
     assert first["resumed_from_epoch"] is None
+
 
 def test_leave_one_out_puts_each_users_last_item_in_test(fast_run_config):
     from recbole.data import create_dataset, data_preparation
