@@ -152,37 +152,50 @@ def significance(ours, theirs, metric="ndcg@10"):
     return f"{verdict} (difference {abs(mean_a - mean_b):.4f} vs 2 std {threshold:.4f})"
 
 
+def seed_count(row):
+    """'1 seed' / '3 seeds'."""
+    count = len(row["seeds"])
+    return f"{count} seed" if count == 1 else f"{count} seeds"
+
+
 def summary_section(suites, records, references, metric="ndcg@10"):
     """One line per dataset of the suites marked `summary: true`: the proposed model, the best of our baselines,
     the published TIGER row, and the relative differences."""
     lines = []
     for suite_name, suite in suites.items():
-        if not suite.get("summary") or not records.get(suite_name):
+        if not suite.get("summary"):
             continue
         proposed, baselines = suite["proposed"], suite.get("baselines", [])
-        for dataset in sorted({r["dataset"] for r in records[suite_name]}):
-            rows = group_rows([r for r in records[suite_name] if r["dataset"] == dataset])
+        suite_records = records.get(suite_name, [])
+        datasets = suite.get("datasets") or sorted({r["dataset"] for r in suite_records})
+        for dataset in datasets:
+            rows = group_rows([r for r in suite_records if r["dataset"] == dataset])
             ours = next((row for row in rows if row["label"] == proposed), None)
             best = best_baseline(rows, baselines, metric)
-            if ours is None or best is None:
-                continue
             tiger = next((ref for ref in references.get(dataset, []) if ref["model"] == "TIGER"), None)
-            cells = [
-                dataset,
-                f"{proposed} ({len(ours['seeds'])} seeds)",
-                format_value(*ours["recall@10"]),
-                format_value(*ours[metric]),
-                f"{best['label']} ({len(best['seeds'])} seeds)",
-                format_value(*best["recall@10"]),
-                format_value(*best[metric]),
-                f"{100.0 * (ours[metric][0] - best[metric][0]) / best[metric][0]:+.1f}%",
-                significance(ours, best, metric),
-            ]
-            if tiger:
+            if ours is None or best is None:
+                # Keep the dataset visible: a missing line would read as if the suite did not exist.
+                missing = proposed if ours is None else "every baseline"
+                cells = [dataset, f"{missing}: not run yet", *["–"] * 7]
+            else:
+                cells = [
+                    dataset,
+                    f"{proposed} ({seed_count(ours)})",
+                    format_value(*ours["recall@10"]),
+                    format_value(*ours[metric]),
+                    f"{best['label']} ({seed_count(best)})",
+                    format_value(*best["recall@10"]),
+                    format_value(*best[metric]),
+                    f"{100.0 * (ours[metric][0] - best[metric][0]) / best[metric][0]:+.1f}%",
+                    significance(ours, best, metric),
+                ]
+            if tiger and ours is not None:
                 cells += [
                     f"{tiger['recall@10']:.4f} / {tiger['ndcg@10']:.4f}",
                     f"{100.0 * (ours[metric][0] - tiger[metric]) / tiger[metric]:+.1f}%",
                 ]
+            elif tiger:
+                cells += [f"{tiger['recall@10']:.4f} / {tiger['ndcg@10']:.4f}", "–"]
             else:
                 cells += ["–", "–"]
             lines.append("| " + " | ".join(cells) + " |")

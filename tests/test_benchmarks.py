@@ -185,11 +185,13 @@ def test_summary_compares_the_proposed_model_with_the_best_baseline_and_calls_si
     records = [_record("Base", 0, 0.030), _record("Base", 1, 0.032), _record("Weak", 0, 0.01)]
     records += [_record("New", 0, 0.040), _record("New", 1, 0.042)]
     (results / "main.jsonl").write_text("\n".join(json.dumps({**r, "dataset": "toys"}) for r in records) + "\n")
-    suite = {"summary": True, "proposed": "New", "baselines": ["Base", "Weak"]}
+    suite = {"summary": True, "proposed": "New", "baselines": ["Base", "Weak"], "datasets": ["toys", "sports"]}
     (suites / "main.yaml").write_text(yaml.safe_dump(suite))
     text = report.build_report(results, suites, tmp_path / "plots")
     summary = text[text.index("## Summary") : text.index("## main")]
     (line,) = [row for row in summary.splitlines() if row.startswith("| toys |")]
+    (not_run,) = [row for row in summary.splitlines() if row.startswith("| sports |")]
+    assert "| New: not run yet |" in not_run and not_run.count("|") == line.count("|")
     assert "New (2 seeds)" in line and "Base (2 seeds)" in line and "+32.3%" in line  # .041 vs .031
     assert "| significant (difference 0.0100 vs 2 std 0.0040) |" in line  # std 0.00141 each: 2 sqrt(2) 0.00141
     assert "TIGER" in summary and line.endswith("| – | – |")  # no published TIGER row for "toys"
