@@ -460,10 +460,10 @@ def build_report(results_dir=BENCHMARKS / "results", suites_dir=BENCHMARKS / "su
         "cosine schedule (learning rate 0 there) without early stopping firing.",
         "",
     ]
-    suites = {name: load_yaml(pathlib.Path(suites_dir) / f"{name}.yaml") for name in records}
+    suites = {path.stem: load_yaml(path) for path in sorted(pathlib.Path(suites_dir).glob("*.yaml"))}
     lines += summary_section(suites, records, references)
     for suite_name, suite_records in records.items():
-        suite = suites[suite_name]
+        suite = suites.get(suite_name, {})
         if suite.get("kind") == "speed":
             lines += speed_section(suite_name, suite, suite_records, plots_dir)
         elif suite.get("kind") == "serving":

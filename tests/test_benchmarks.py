@@ -185,8 +185,9 @@ def test_summary_compares_the_proposed_model_with_the_best_baseline_and_calls_si
     records = [_record("Base", 0, 0.030), _record("Base", 1, 0.032), _record("Weak", 0, 0.01)]
     records += [_record("New", 0, 0.040), _record("New", 1, 0.042)]
     (results / "main.jsonl").write_text("\n".join(json.dumps({**r, "dataset": "toys"}) for r in records) + "\n")
-    suite = {"summary": True, "proposed": "New", "baselines": ["Base", "Weak"], "datasets": ["toys", "sports"]}
+    suite = {"summary": True, "proposed": "New", "baselines": ["Base", "Weak"], "datasets": ["toys"]}
     (suites / "main.yaml").write_text(yaml.safe_dump(suite))
+    (suites / "later.yaml").write_text(yaml.safe_dump({**suite, "datasets": ["sports"]}))  # no records yet
     text = report.build_report(results, suites, tmp_path / "plots")
     summary = text[text.index("## Summary") : text.index("## main")]
     (line,) = [row for row in summary.splitlines() if row.startswith("| toys |")]
