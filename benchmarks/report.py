@@ -21,6 +21,20 @@ from recbole_prorec.utils import write_atomically
 
 METRICS = ["recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20"]
 SHORT = {"recall": "R", "ndcg": "N"}
+# Columns of the summary table: dataset, ours (3), best baseline (4), TIGER published (2).
+SUMMARY_HEADER = [
+    "dataset",
+    "ours",
+    "R@10",
+    "N@10",
+    "best of our baselines",
+    "R@10",
+    "N@10",
+    "N@10 vs baseline",
+    "difference",
+    "TIGER published R@10 / N@10",
+    "N@10 vs TIGER published",
+]
 
 
 def short_name(metric):
@@ -176,7 +190,7 @@ def summary_section(suites, records, references, metric="ndcg@10"):
             if ours is None or best is None:
                 # Keep the dataset visible: a missing line would read as if the suite did not exist.
                 missing = proposed if ours is None else "every baseline"
-                cells = [dataset, f"{missing}: not run yet", *["–"] * 7]
+                cells = [dataset, f"{missing}: not run yet", *["–"] * (len(SUMMARY_HEADER) - 4)]
             else:
                 cells = [
                     dataset,
@@ -197,27 +211,14 @@ def summary_section(suites, records, references, metric="ndcg@10"):
             lines.append("| " + " | ".join(cells) + " |")
     if not lines:
         return []
-    header = [
-        "dataset",
-        "ours",
-        "R@10",
-        "N@10",
-        "best of our baselines",
-        "R@10",
-        "N@10",
-        "N@10 vs baseline",
-        "difference",
-        "TIGER published R@10 / N@10",
-        "N@10 vs TIGER published",
-    ]
     return [
         "## Summary",
         "",
         "Test metrics, mean ± std over seeds; a difference counts as significant when it exceeds two standard",
         "deviations of the difference of the two means (sqrt(std_a² + std_b²)).",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
+        "| " + " | ".join(SUMMARY_HEADER) + " |",
+        "|" + "---|" * len(SUMMARY_HEADER),
         *lines,
         "",
     ]
