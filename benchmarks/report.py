@@ -21,7 +21,7 @@ from recbole_prorec.utils import write_atomically
 
 METRICS = ["recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20"]
 SHORT = {"recall": "R", "ndcg": "N"}
-# Columns of the summary table: dataset, ours (3), best baseline (4), TIGER published (2).
+# Columns of the summary table: dataset, ours (3), best baseline with the comparison (5), TIGER published (2).
 SUMMARY_HEADER = [
     "dataset",
     "ours",
@@ -190,6 +190,7 @@ def summary_section(suites, records, references, metric="ndcg@10"):
             if ours is None or best is None:
                 # Keep the dataset visible: a missing line would read as if the suite did not exist.
                 missing = proposed if ours is None else "every baseline"
+                # dataset and message, blanks up to the two published-TIGER cells added below
                 cells = [dataset, f"{missing}: not run yet", *["–"] * (len(SUMMARY_HEADER) - 4)]
             else:
                 cells = [
