@@ -121,7 +121,7 @@ def group_rows(records):
         }
         for metric in METRICS:
             row[metric] = mean_std([r["test_result"][metric] for r in runs if metric in r["test_result"]])
-        row["epochs"] = " / ".join(f"{r['best_valid_epoch']}/{r['epochs_run']}{epoch_note(r)}" for r in runs)
+        row["epochs"] = ", ".join(f"{r['best_valid_epoch']}/{r['epochs_run']}{epoch_note(r)}" for r in runs)
         row["train_s"] = mean_std([r["train_seconds_per_epoch"] for r in runs])[0]
         row["eval_s"] = mean_std([r["test_eval_seconds"] for r in runs])[0]
         row["fit_s"] = mean_std(
@@ -243,7 +243,7 @@ def metric_table(rows, published, compare_to=None):
     header = (
         ["model", "seeds"]
         + [short_name(m) for m in METRICS]
-        + ["best/run epochs", "s / train epoch", "train+valid min", "test eval s", "peak RSS MB"]
+        + ["best/run epochs per seed", "s / train epoch", "train+valid min", "test eval s", "peak RSS MB"]
         + (["N@10 vs full"] if compare_to else [])
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
