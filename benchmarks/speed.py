@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import yaml
 
+from recbole_prorec.precision import resolve_bf16
 from recbole_prorec.utils import PROPERTIES_DIR
 
 WARMUP_BATCHES = 5
@@ -238,7 +239,7 @@ def measure_scale(item_counts, users=1024, batch_size=256, config=None, seed=0):
         top_k = max(config["topk"])
 
         start = time.perf_counter()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(config["bf16"])):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolve_bf16(config["bf16"], "cpu")):
             for rows in torch.arange(users).split(batch_size):
                 seq2seq.beam_search(item_codes[histories[rows]], index, config["beam_size"], user_ids[rows])
         beam_seconds = time.perf_counter() - start

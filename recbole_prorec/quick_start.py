@@ -255,6 +255,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
         "valid_seconds_per_epoch": sum(clock.valid_seconds) / max(len(clock.valid_seconds), 1),
         "test_eval_seconds": test_seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "bf16": getattr(recommender, "bf16", None),  # resolved (`auto` follows the hardware)
         "saved_model_file": trainer.saved_model_file if saved else None,
     }
     if hasattr(recommender, "on_training_end"):

@@ -61,6 +61,7 @@ class ScheduledTrainer(Trainer):
         if not torch.isfinite(loss):
             raise ValueError(
                 f"Training loss is {loss.item()} in epoch {self.epoch_idx} of {self.config['model']} (learning_rate "
-                f"{self.config['learning_rate']}, bf16 {self.config['bf16']}): lower learning_rate, turn bf16 off, "
+                f"{self.config['learning_rate']}, bf16 {getattr(self.model, 'bf16', self.config['bf16'])}): lower "
+                "learning_rate, turn bf16 off, "
                 "or check the inputs (item-code artifact, item text embeddings); no checkpoint of this epoch was saved"
             )
