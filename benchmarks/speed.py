@@ -226,6 +226,7 @@ def measure_scale(item_counts, users=1024, batch_size=256, config=None, seed=0):
     config = _synthetic_config(config)
     if config["torch_threads"]:
         torch.set_num_threads(int(config["torch_threads"]))
+    bf16 = resolve_bf16(config["bf16"], "cpu")
     records = []
     for n_items in item_counts:
         generator = torch.Generator().manual_seed(seed)
@@ -239,7 +240,7 @@ def measure_scale(item_counts, users=1024, batch_size=256, config=None, seed=0):
         top_k = max(config["topk"])
 
         start = time.perf_counter()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolve_bf16(config["bf16"], "cpu")):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for rows in torch.arange(users).split(batch_size):
                 seq2seq.beam_search(item_codes[histories[rows]], index, config["beam_size"], user_ids[rows])
         beam_seconds = time.perf_counter() - start
