@@ -79,12 +79,29 @@ def format_value(mean, std, bold=False):
     return f"**{text}**" if bold else text
 
 
+def _artifact_path(result):
+    return (result.get("artifact") or {}).get("path")
+
+
 def with_stage_one(records):
-    """`records` plus, for each two-stage run that trained its stage 1, that stage's result as a row of its own."""
+    """`records` plus, for each two-stage run that reports its stage 1, that stage's result as a row of its own.
+
+    A stage 1 reused from the cache (`"reused"`) gets a row only when no other record shows the run that wrote that
+    artifact (a tokenizer row of its own, or a run that trained it): a run resumed after its stage 1 keeps its
+    stage-1 row, and variants sharing one tokenizer do not repeat it.
+    """
+    shown = {_artifact_path(r) for r in records} | {
+        _artifact_path(r["stage_one"]) for r in records if r.get("stage_one") and not r["stage_one"].get("reused")
+    }
+    shown.discard(None)
     expanded = []
     for record in records:
         expanded.append(record)
         stage_one = record.get("stage_one")
+        if stage_one and stage_one.get("reused"):
+            if _artifact_path(stage_one) in shown:
+                continue
+            shown.add(_artifact_path(stage_one))
         if stage_one:
             expanded.append(
                 {

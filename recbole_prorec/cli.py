@@ -66,7 +66,8 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     if "stage_one" in result:
-        print(f"\nStage 1 ({result['stage_one']['model']}) on {args.dataset}:")
+        reused = " (cached artifact: the run that wrote it)" if result["stage_one"].get("reused") else ""
+        print(f"\nStage 1 ({result['stage_one']['model']}) on {args.dataset}{reused}:")
         print(format_results(result["stage_one"]))
     print(
         f"\n{result['model']} on {args.dataset} (best valid epoch {result['best_valid_epoch']}, "

@@ -3,10 +3,12 @@
 RecBole's `run_recbole(model=...)` resolves models by name through its own registry and rejects plugin classes,
 so the pipeline is assembled here from RecBole's parts: Config -> create_dataset -> data_preparation -> model ->
 Trainer.fit -> Trainer.evaluate. A stage-2 model that declares `stage_one_model` gets its item-code artifact
-from a stage-1 run first (cached, so a second run reuses it).
+from a stage-1 run first (cached, so a second run reuses it). A stage-1 run leaves its result beside the
+artifact (`<artifact>.result.json`), so a stage-2 run that reuses the artifact still reports the stage-1 numbers.
 """
 
 import contextlib
+import json
 import logging
 import pathlib
 import resource
@@ -21,7 +23,7 @@ from recbole.utils import get_trainer, init_logger, init_seed, set_color
 from recbole_prorec import compat
 from recbole_prorec.quantization import artifact_prefix
 from recbole_prorec.registry import get_model, model_config_files
-from recbole_prorec.utils import settings_digest
+from recbole_prorec.utils import settings_digest, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -163,10 +165,30 @@ def stage_one_artifact(model_class, config, dataset, config_file_list, config_di
     artifact = get_model(stage_one).default_artifact_path(stage_one_config)
     if pathlib.Path(f"{artifact}.npz").is_file():
         logger.info(f"Reusing the cached {stage_one} artifact {artifact}")
-        return artifact, None
+        return artifact, cached_stage_one_result(artifact)
     logger.info(f"No {stage_one} artifact cached: training stage 1 ({stage_one}) first")
     stage_one_result = run(stage_one, dataset, config_file_list, {**overrides, "artifact_path": artifact})
     return artifact, stage_one_result
+
+
+def stage_one_result_path(artifact):
+    return pathlib.Path(f"{artifact_prefix(artifact)}.result.json")
+
+
+def cached_stage_one_result(artifact):
+    """The result of the run that wrote a cached artifact, marked `"reused": True`; None when it left none.
+
+    Artifacts written before results were kept, or by `recbole_prorec.tokenize` (no training run), have none.
+    """
+    path = stage_one_result_path(artifact)
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        logger.warning(f"{path}: not a readable JSON result ({error}); this run will not report its stage 1")
+        return None
+    return {**result, "reused": True}
 
 
 def run(model, dataset, config_file_list=None, config_dict=None, saved=True, callback_fn=None, test=True):
@@ -178,7 +200,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
     Returns a dict with the best validation and the test results, the validation score of every epoch this
     process trained ("valid_curve": [[epoch, score, seconds of training and validation so far], ...]), epochs run,
     the best epoch, seconds per training epoch, seconds of the test evaluation, peak RSS and the config hash; for a
-    two-stage model also the stage-1 result under "stage_one".
+    two-stage model also the stage-1 result under "stage_one" (with `"reused": True` when the artifact was cached).
     """
     model_class = get_model(model)
     compat.apply()
@@ -260,6 +282,8 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
     }
     if hasattr(recommender, "on_training_end"):
         result["artifact"] = recommender.on_training_end(train_data.dataset)
+        if "path" in result["artifact"]:  # a stage-1 model: its result stays beside the artifact it wrote
+            write_atomically(stage_one_result_path(result["artifact"]["path"]), json.dumps(result, default=str))
     if stage_one_result is not None:
         result["stage_one"] = stage_one_result
     run_logger.info(set_color("best valid ", "yellow") + f": {result['best_valid_result']}")

@@ -210,6 +210,31 @@ def test_epoch_note_tells_early_stopping_from_a_cap_and_a_schedule_end():
     assert report.epoch_note({**record, "lr_schedule": "cosine"}) == " (schedule end)"
 
 
+def test_a_reused_stage_one_gets_a_row_only_when_no_other_record_shows_its_artifact():
+    def stage_one(path, reused):
+        return {**_record("ignored", 0, 0.05), "model": "PRORecTokenizer", "artifact": {"path": path}, "reused": reused}
+
+    records = [
+        {**_record("Tokenizer", 0, 0.045), "artifact": {"path": "a/tok0"}},
+        {**_record("PRORec", 0, 0.04), "stage_one": stage_one("a/tok0", True)},  # the tokenizer row shows it
+        {**_record("PRORec", 1, 0.04), "stage_one": stage_one("a/tok1", True)},  # resumed run: nothing else does
+        {**_record("PRORec (no KD)", 1, 0.03), "stage_one": stage_one("a/tok1", True)},  # shown once already
+        {**_record("PRORec", 2, 0.04), "stage_one": stage_one("a/tok2", False)},  # trained here
+        {**_record("PRORec (no KD)", 2, 0.03), "stage_one": stage_one("a/tok2", True)},
+    ]
+    labels = [(r["label"], r["seed"]) for r in report.with_stage_one(records)]
+    assert labels == [
+        ("Tokenizer", 0),
+        ("PRORec", 0),
+        ("PRORec", 1),
+        ("PRORec: stage 1 (PRORecTokenizer)", 0),
+        ("PRORec (no KD)", 1),
+        ("PRORec", 2),
+        ("PRORec: stage 1 (PRORecTokenizer)", 0),
+        ("PRORec (no KD)", 2),
+    ]
+
+
 def test_ablation_report_shows_stage_one_rows_and_changes_against_the_full_model(tmp_path):
     results, suites = tmp_path / "results", tmp_path / "suites"
     results.mkdir()

@@ -246,7 +246,9 @@ def test_prorec_run_trains_the_tokenizer_first_then_reuses_its_artifact(fast_run
     assert set(first["test_result"]) == set(first["stage_one"]["test_result"])
     assert first["artifact"]["stats"]["collision_rate_after"] == 0.0  # stage 2 reports the codes it generated over
     second = run("PRORec", "tiny", config_dict=overrides)
-    assert "stage_one" not in second  # the cached artifact was found: no second tokenizer training
+    # The cached artifact was found: no second tokenizer training, but its result is still reported.
+    assert second["stage_one"]["reused"] and second["stage_one"]["test_result"] == first["stage_one"]["test_result"]
+    assert second["stage_one"]["config_hash"] == first["stage_one"]["config_hash"]
     assert second["test_result"] == first["test_result"]
 
     # A standalone tokenizer run with the same stage-1 settings writes the artifact PRORec looks for.
