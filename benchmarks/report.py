@@ -115,6 +115,13 @@ def with_stage_one(records):
     return expanded
 
 
+def precision_note(record):
+    """'on' / 'off' for a run whose record says whether bf16 autocast was on; '–' for a model without the option."""
+    if "bf16" not in record:
+        return "not recorded"
+    return {True: "on", False: "off"}.get(record["bf16"], "–")
+
+
 def epoch_note(record):
     """'' when early stopping ended the run; ' (schedule end)' when it ran to the end of a learning-rate schedule
     that decays to zero there (nothing left to learn at that rate); ' (cap)' when it hit an epoch cap."""
@@ -409,14 +416,14 @@ def training_section(suite_name, suite, records, references, plots_dir):
         lines += [
             "<details><summary>runs</summary>",
             "",
-            "| model | seed | commit | config hash | finished |",
-            "|---|---|---|---|---|",
+            "| model | seed | commit | config hash | bf16 | finished |",
+            "|---|---|---|---|---|---|",
         ]
         for row in rows:
             for r in row["runs"]:
                 lines.append(
                     f"| {r['label']} | {r['seed']} | {(r.get('git_commit') or '?')[:8]} | "
-                    f"{r['config_hash']} | {r.get('finished_at', '?')} |"
+                    f"{r['config_hash']} | {precision_note(r)} | {r.get('finished_at', '?')} |"
                 )
         lines += ["", "</details>", ""]
     return lines
@@ -473,6 +480,9 @@ def build_report(results_dir=BENCHMARKS / "results", suites_dir=BENCHMARKS / "su
         "every other number is a run of `python benchmarks/run.py`. Epochs are best-valid/run; *(cap)* marks a",
         "run that hit its epoch cap before early stopping fired, *(schedule end)* one that ran to the end of a",
         "cosine schedule (learning rate 0 there) without early stopping firing.",
+        "Timing columns depend on the CPU and precision each run had: the *bf16* column of each suite's run list",
+        "says whether the generative models ran under bfloat16 autocast (*on*) or in float32 (*off*); runs made",
+        "before the record carried it show *not recorded* (those generative runs had bf16 on).",
         "",
     ]
     suites = {path.stem: load_yaml(path) for path in sorted(pathlib.Path(suites_dir).glob("*.yaml"))}

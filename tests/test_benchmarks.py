@@ -202,6 +202,12 @@ def test_summary_compares_the_proposed_model_with_the_best_baseline_and_calls_si
     assert report.significance(new[0], report.group_rows(close[:1])[0]) == "not tested (1 seed)"
 
 
+def test_precision_note_tells_bf16_float32_no_option_and_old_records_apart():
+    record = _record("x", 0, 0.1)
+    assert report.precision_note(record) == "not recorded"
+    assert [report.precision_note({**record, "bf16": value}) for value in (True, False, None)] == ["on", "off", "–"]
+
+
 def test_epoch_note_tells_early_stopping_from_a_cap_and_a_schedule_end():
     record = _record("x", 0, 0.1)
     assert report.epoch_note(record) == ""  # 8 of 10 epochs: stopped early
