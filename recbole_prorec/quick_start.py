@@ -175,18 +175,35 @@ def stage_one_result_path(artifact):
     return pathlib.Path(f"{artifact_prefix(artifact)}.result.json")
 
 
+def artifact_sha256(artifact):
+    """The arrays digest recorded in the artifact's JSON: which codes a kept result belongs to."""
+    return json.loads(pathlib.Path(f"{artifact_prefix(artifact)}.json").read_text(encoding="utf-8"))["arrays_sha256"]
+
+
+def keep_stage_one_result(result):
+    """Write a stage-1 run's result beside the artifact it wrote, tied to that artifact's arrays digest."""
+    path = result["artifact"]["path"]
+    kept = {"artifact_sha256": artifact_sha256(path), "result": result}
+    write_atomically(stage_one_result_path(path), json.dumps(kept, default=str))
+
+
 def cached_stage_one_result(artifact):
     """The result of the run that wrote a cached artifact, marked `"reused": True`; None when it left none.
 
-    Artifacts written before results were kept, or by `recbole_prorec.tokenize` (no training run), have none.
+    Artifacts written before results were kept, or by `recbole_prorec.tokenize` (no training run), have none; a
+    result whose digest no longer matches (the artifact was rebuilt since) is not reported.
     """
     path = stage_one_result_path(artifact)
     if not path.is_file():
         return None
     try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        logger.warning(f"{path}: not a readable JSON result ({error}); this run will not report its stage 1")
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        digest, result = kept["artifact_sha256"], kept["result"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        logger.warning(f"{path}: not a kept stage-1 result ({error!r}); this run will not report its stage 1")
+        return None
+    if digest != artifact_sha256(artifact):
+        logger.warning(f"{path}: written for other codes than {artifact}.npz holds now; stage 1 not reported")
         return None
     return {**result, "reused": True}
 
@@ -283,7 +300,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
     if hasattr(recommender, "on_training_end"):
         result["artifact"] = recommender.on_training_end(train_data.dataset)
         if "path" in result["artifact"]:  # a stage-1 model: its result stays beside the artifact it wrote
-            write_atomically(stage_one_result_path(result["artifact"]["path"]), json.dumps(result, default=str))
+            keep_stage_one_result(result)
     if stage_one_result is not None:
         result["stage_one"] = stage_one_result
     run_logger.info(set_color("best valid ", "yellow") + f": {result['best_valid_result']}")

@@ -1,5 +1,6 @@
 """TIGER and PRORec as RecBole models: scores RecBole's evaluator can use, KD losses, one epoch end to end."""
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -14,7 +15,7 @@ from recbole_prorec.model.item_causal import SequenceEncoder
 from recbole_prorec.model.prorec import PRORec, in_batch_info_nce
 from recbole_prorec.model.tiger import TIGER, build_semantic_artifact
 from recbole_prorec.quantization import ItemCodeArtifact, quantize
-from recbole_prorec.quick_start import build_config, run
+from recbole_prorec.quick_start import build_config, cached_stage_one_result, run
 
 TINY_MODEL = {
     "d_model": 16,
@@ -249,6 +250,15 @@ def test_prorec_run_trains_the_tokenizer_first_then_reuses_its_artifact(fast_run
     # The cached artifact was found: no second tokenizer training, but its result is still reported.
     assert second["stage_one"]["reused"] and second["stage_one"]["test_result"] == first["stage_one"]["test_result"]
     assert second["stage_one"]["config_hash"] == first["stage_one"]["config_hash"]
+    # Codes rebuilt in place since: the kept result no longer describes them and is not reported.
+    path = first["stage_one"]["artifact"]["path"]
+    trained = ItemCodeArtifact.load(path)
+    swapped = trained.codes.copy()
+    swapped[[1, 2]] = swapped[[2, 1]]
+    dataclasses.replace(trained, codes=swapped).save(path)
+    assert cached_stage_one_result(path) is None
+    trained.save(path)  # the trained codes back for the checks below
+    assert cached_stage_one_result(path)["reused"]
     assert second["test_result"] == first["test_result"]
 
     # A standalone tokenizer run with the same stage-1 settings writes the artifact PRORec looks for.
