@@ -21,7 +21,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_trainer, init_logger, init_seed, set_color
 
 from recbole_prorec import compat
-from recbole_prorec.quantization import artifact_prefix
+from recbole_prorec.quantization import artifact_prefix, recorded_digest
 from recbole_prorec.registry import get_model, model_config_files
 from recbole_prorec.utils import settings_digest, write_atomically
 
@@ -175,15 +175,10 @@ def stage_one_result_path(artifact):
     return pathlib.Path(f"{artifact_prefix(artifact)}.result.json")
 
 
-def artifact_sha256(artifact):
-    """The arrays digest recorded in the artifact's JSON: which codes a kept result belongs to."""
-    return json.loads(pathlib.Path(f"{artifact_prefix(artifact)}.json").read_text(encoding="utf-8"))["arrays_sha256"]
-
-
 def keep_stage_one_result(result):
     """Write a stage-1 run's result beside the artifact it wrote, tied to that artifact's arrays digest."""
     path = result["artifact"]["path"]
-    kept = {"artifact_sha256": artifact_sha256(path), "result": result}
+    kept = {"artifact_sha256": recorded_digest(path), "result": result}
     write_atomically(stage_one_result_path(path), json.dumps(kept, default=str))
 
 
@@ -202,7 +197,7 @@ def cached_stage_one_result(artifact):
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
         logger.warning(f"{path}: not a kept stage-1 result ({error!r}); this run will not report its stage 1")
         return None
-    if digest != artifact_sha256(artifact):
+    if digest != recorded_digest(artifact):
         logger.warning(f"{path}: written for other codes than {artifact}.npz holds now; stage 1 not reported")
         return None
     return {**result, "reused": True}

@@ -1,7 +1,7 @@
 """Item-code quantization: residual k-means (PRORec), RQ-VAE (TIGER), RQ-VAE in a language model's token space
 (SemConv), collision handling, the item-code artifact."""
 
-from .artifact import ItemCodeArtifact, artifact_prefix
+from .artifact import ItemCodeArtifact, artifact_prefix, recorded_digest
 from .collisions import add_collision_level, collision_index, collision_rate, resolve_in_last_level
 from .kmeans import kmeans, residual_kmeans
 from .quantizer import QuantizationResult, quantization_result, quantize
@@ -21,6 +21,7 @@ __all__ = [
     "kmeans",
     "quantization_result",
     "quantize",
+    "recorded_digest",
     "resolve_in_last_level",
     "residual_kmeans",
     "train_rqvae",

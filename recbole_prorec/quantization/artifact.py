@@ -49,6 +49,29 @@ def _digest(codes, embeddings, encoder):
     return h.hexdigest()
 
 
+def _read_meta(json_path):
+    """The artifact's JSON with every key of ``JSON_KEYS``; ``ValueError`` naming the file otherwise."""
+    try:
+        meta = json.loads(json_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{json_path}: invalid JSON at line {e.lineno}: {e.msg}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{json_path}: not UTF-8 text ({e.reason} at byte {e.start}); rebuild it") from e
+    missing = [k for k in JSON_KEYS if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ValueError(f"{json_path}: missing keys {missing}; an item-code artifact's JSON has {list(JSON_KEYS)}")
+    return meta
+
+
+def recorded_digest(path):
+    """The arrays sha256 an artifact's JSON records (which codes it holds), read without loading the arrays."""
+    prefix = artifact_prefix(path)
+    json_path = prefix.with_name(prefix.name + ".json")
+    if not json_path.is_file():
+        raise FileNotFoundError(f"item-code artifact file {json_path} not found")
+    return _read_meta(json_path)["arrays_sha256"]
+
+
 @dataclasses.dataclass(eq=False)
 class ItemCodeArtifact:
     """Item codes and integrated embeddings in RecBole's internal item order (row 0 = ``[PAD]``).
@@ -149,15 +172,7 @@ class ItemCodeArtifact:
         if missing:
             raise ValueError(f"{npz_path}: missing arrays {missing}; an item-code artifact holds {list(ARRAYS)}")
         codes, embeddings = arrays["codes"], arrays["embeddings"]
-        try:
-            meta = json.loads(json_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{json_path}: invalid JSON at line {e.lineno}: {e.msg}") from e
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{json_path}: not UTF-8 text ({e.reason} at byte {e.start}); rebuild it") from e
-        missing = [k for k in JSON_KEYS if not isinstance(meta, dict) or k not in meta]
-        if missing:
-            raise ValueError(f"{json_path}: missing keys {missing}; an item-code artifact's JSON has {list(JSON_KEYS)}")
+        meta = _read_meta(json_path)
         if meta["arrays_sha256"] != _digest(codes, embeddings, encoder):
             raise ValueError(f"{npz_path} and {json_path} come from different saves (interrupted write?): rebuild it")
         try:
