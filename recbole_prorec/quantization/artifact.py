@@ -29,6 +29,12 @@ def artifact_prefix(path):
     return path.with_suffix("") if path.suffix in (".npz", ".json") else path
 
 
+def _artifact_files(path):
+    """``(prefix, <prefix>.npz, <prefix>.json)``: the two files an artifact is saved as."""
+    prefix = artifact_prefix(path)
+    return prefix, prefix.with_name(prefix.name + ".npz"), prefix.with_name(prefix.name + ".json")
+
+
 def _json_default(value):
     if isinstance(value, np.generic):
         return value.item()
@@ -65,8 +71,7 @@ def _read_meta(json_path):
 
 def recorded_digest(path):
     """The arrays sha256 an artifact's JSON records (which codes it holds), read without loading the arrays."""
-    prefix = artifact_prefix(path)
-    json_path = prefix.with_name(prefix.name + ".json")
+    _, _, json_path = _artifact_files(path)
     if not json_path.is_file():
         raise FileNotFoundError(f"item-code artifact file {json_path} not found")
     return _read_meta(json_path)["arrays_sha256"]
@@ -139,7 +144,7 @@ class ItemCodeArtifact:
 
     def save(self, path):
         """Write ``<path>.npz`` and ``<path>.json`` atomically; returns the path prefix."""
-        prefix = artifact_prefix(path)
+        prefix, npz_path, json_path = _artifact_files(path)
         meta = {
             "item_tokens": self.item_tokens,
             "config": self.config,
@@ -150,15 +155,14 @@ class ItemCodeArtifact:
         arrays = io.BytesIO()
         encoder = {ENCODER_PREFIX + name: value for name, value in self.encoder.items()}
         np.savez(arrays, codes=self.codes, embeddings=self.embeddings, **encoder)
-        write_atomically(prefix.with_name(prefix.name + ".npz"), arrays.getvalue())
-        write_atomically(prefix.with_name(prefix.name + ".json"), text)
+        write_atomically(npz_path, arrays.getvalue())
+        write_atomically(json_path, text)
         return prefix
 
     @classmethod
     def load(cls, path, dataset=None):
         """Read an artifact saved by ``save``; with ``dataset``, check it holds exactly the dataset's items."""
-        prefix = artifact_prefix(path)
-        npz_path, json_path = prefix.with_name(prefix.name + ".npz"), prefix.with_name(prefix.name + ".json")
+        prefix, npz_path, json_path = _artifact_files(path)
         for p in (npz_path, json_path):
             if not p.is_file():
                 raise FileNotFoundError(f"item-code artifact file {p} not found (expected {npz_path} + {json_path})")
