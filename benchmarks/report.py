@@ -17,6 +17,7 @@ import statistics
 import yaml
 from common import BENCHMARKS
 
+from recbole_prorec.quick_start import kept_epoch
 from recbole_prorec.utils import write_atomically
 
 METRICS = ["recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20"]
@@ -130,6 +131,14 @@ def epoch_note(record):
     return " (schedule end)" if record.get("lr_schedule") == "cosine" else " (cap)"
 
 
+def best_epoch(record):
+    """The epoch whose weights were tested, from the record's validation curve: records written before
+    `kept_epoch` existed name the first of tied best epochs (or, after a resume, the wrong one)."""
+    if not record.get("valid_curve"):
+        return record["best_valid_epoch"]
+    return kept_epoch(record["valid_curve"], record["best_valid_score"], record.get("resumed_from_epoch"))
+
+
 def group_rows(records):
     """Our table rows for one dataset: per label, metric means/stds over seeds plus run facts, in record order."""
     by_label = collections.OrderedDict()
@@ -145,7 +154,7 @@ def group_rows(records):
         }
         for metric in METRICS:
             row[metric] = mean_std([r["test_result"][metric] for r in runs if metric in r["test_result"]])
-        row["epochs"] = ", ".join(f"{r['best_valid_epoch']}/{r['epochs_run']}{epoch_note(r)}" for r in runs)
+        row["epochs"] = ", ".join(f"{best_epoch(r)}/{r['epochs_run']}{epoch_note(r)}" for r in runs)
         row["train_s"] = mean_std([r["train_seconds_per_epoch"] for r in runs])[0]
         row["eval_s"] = mean_std([r["test_eval_seconds"] for r in runs])[0]
         row["fit_s"] = mean_std(

@@ -203,6 +203,18 @@ def cached_stage_one_result(artifact):
     return {**result, "reused": True}
 
 
+def kept_epoch(valid_curve, best_valid_score, resumed_from_epoch=None):
+    """The epoch whose weights RecBole kept, and tested: the last epoch of `valid_curve` that scored
+    `best_valid_score`, since RecBole's early stopping takes a tie with the best as an improvement (and scores are
+    rounded to `metric_decimal_place`, so ties are common). A resumed run whose checkpoint no later epoch matched
+    keeps the checkpoint's epoch, the one before `resumed_from_epoch`.
+    """
+    tied = [point[0] for point in valid_curve if point[1] == best_valid_score]
+    if tied:
+        return tied[-1]
+    return resumed_from_epoch - 1 if resumed_from_epoch else None
+
+
 def run(model, dataset, config_file_list=None, config_dict=None, saved=True, callback_fn=None, test=True):
     """Train `model` on `dataset` with early stopping on the validation metric, then test the best weights.
 
@@ -266,8 +278,10 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
     )
     test_seconds = time.perf_counter() - test_start
 
-    pick = max if config["valid_metric_bigger"] else min
-    best_epoch = pick(valid_scores, key=lambda point: point[1])[0] if valid_scores else None
+    if trainer.start_epoch and not best_valid_result and saved:
+        # resumed, and no epoch of this process matched the checkpoint's score: RecBole kept the checkpoint's
+        # weights but not their validation result, so measure it again
+        best_valid_result = trainer.evaluate(valid_data, load_best_model=True, show_progress=config["show_progress"])
     result = {
         "model": model_class.__name__,
         "dataset": dataset,
@@ -283,7 +297,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
         "max_epochs": config["epochs"],
         "lr_schedule": config["lr_schedule"] or "constant",
         "stopping_step": config["stopping_step"],
-        "best_valid_epoch": best_epoch,
+        "best_valid_epoch": kept_epoch(valid_scores, best_valid_score, trainer.start_epoch),
         "valid_curve": [list(point) for point in valid_scores],
         "train_seconds_per_epoch": sum(clock.train_seconds) / max(len(clock.train_seconds), 1),
         "valid_seconds_per_epoch": sum(clock.valid_seconds) / max(len(clock.valid_seconds), 1),

@@ -216,6 +216,15 @@ def test_epoch_note_tells_early_stopping_from_a_cap_and_a_schedule_end():
     assert report.epoch_note({**record, "lr_schedule": "cosine"}) == " (schedule end)"
 
 
+def test_the_epochs_column_shows_the_epoch_whose_weights_were_tested():
+    record = _record("x", 0, 0.1)  # no curve (older records): the stored epoch
+    assert report.best_epoch(record) == 3
+    record.update(valid_curve=[[2, 0.03, 1.0], [3, 0.03, 2.0], [4, 0.02, 3.0]], best_valid_score=0.03)
+    assert report.best_epoch(record) == 3
+    record["valid_curve"][2][1] = 0.03  # a later tie replaced the kept weights
+    assert report.best_epoch(record) == 4
+
+
 def test_a_reused_stage_one_gets_a_row_only_when_no_other_record_shows_its_artifact():
     def stage_one(path, reused):
         return {**_record("ignored", 0, 0.05), "model": "PRORecTokenizer", "artifact": {"path": path}, "reused": reused}
@@ -249,6 +258,7 @@ def test_ablation_report_shows_stage_one_rows_and_changes_against_the_full_model
         **_record("Full", 0, 0.04),
         "model": "PRORec",
         "valid_curve": [[0, 0.01, 70.0], [1, 0.03, 140.0]],
+        "best_valid_score": 0.03,
         "stage_one": {**_record("ignored", 0, 0.05), "model": "PRORecTokenizer"},
     }
     records = [

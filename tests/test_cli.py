@@ -5,7 +5,7 @@ import torch
 
 from recbole_prorec import compat
 from recbole_prorec.cli import main, parse_overrides
-from recbole_prorec.quick_start import run
+from recbole_prorec.quick_start import kept_epoch, run
 from recbole_prorec.registry import get_model
 
 
@@ -45,6 +45,25 @@ def test_a_resumed_run_counts_the_epochs_of_its_checkpoint(fast_run_config):
     assert resumed["resumed_from_epoch"] == 1 and resumed["epochs_run"] == 2
     assert [epoch for epoch, _, _ in resumed["valid_curve"]] == [1]
     assert first["resumed_from_epoch"] is None
+
+
+def test_a_resumed_run_whose_checkpoint_stays_best_reports_the_checkpoints_epoch_and_result(fast_run_config, tmp_path):
+    first = run("SASRec", "tiny", config_dict=fast_run_config)
+    checkpoint = compat.load_checkpoint(first["saved_model_file"])
+    checkpoint["best_valid_score"] = 1.0  # no later epoch can match it
+    unbeaten = tmp_path / "SASRec-unbeaten.pth"
+    torch.save(checkpoint, unbeaten, pickle_protocol=2)
+    resumed = run("SASRec", "tiny", config_dict={**fast_run_config, "epochs": 2, "resume_checkpoint": str(unbeaten)})
+    assert resumed["best_valid_epoch"] == 0 and resumed["best_valid_score"] == 1.0
+    # the checkpoint's weights validated again, as the first run validated them
+    assert resumed["best_valid_result"] == first["best_valid_result"]
+
+
+def test_the_kept_epoch_is_the_last_of_tied_best_scores_or_the_checkpoints():
+    curve = [[0, 0.01, 1.0], [1, 0.03, 2.0], [2, 0.02, 3.0], [3, 0.03, 4.0]]
+    assert kept_epoch(curve, 0.03) == 3  # RecBole's early stopping counts a tie as an improvement
+    assert kept_epoch(curve[2:3], 0.05, resumed_from_epoch=2) == 1
+    assert kept_epoch([], None) is None
 
 
 def test_leave_one_out_puts_each_users_last_item_in_test(fast_run_config):
