@@ -22,6 +22,7 @@ SHARED_SETTINGS = {
     "raw_data_path": str(REPO.parent / "shared" / "data"),
     "cache_dir": str(WORK / "cache"),
     "show_progress": False,
+    "save_latest_checkpoint": True,  # an interrupted run resumes from its last validated epoch (run.py)
 }
 
 

@@ -132,11 +132,10 @@ def epoch_note(record):
 
 
 def best_epoch(record):
-    """The epoch whose weights were tested, from the record's validation curve: records written before
-    `kept_epoch` existed name the first of tied best epochs (or, after a resume, the wrong one)."""
-    if not record.get("valid_curve"):
-        return record["best_valid_epoch"]
-    return kept_epoch(record["valid_curve"], record["best_valid_score"], record.get("resumed_from_epoch"))
+    """The epoch whose weights were tested: the last tie of the record's validation curve, since records written
+    before `kept_epoch` existed name the first; the recorded epoch when the curve holds none (a resumed run)."""
+    tied = kept_epoch(record.get("valid_curve") or [], record.get("best_valid_score"))
+    return record["best_valid_epoch"] if tied is None else tied
 
 
 def group_rows(records):

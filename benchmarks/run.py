@@ -6,7 +6,8 @@ Each run goes through `recbole_prorec.quick_start.run`, the function behind the 
 crash or a memory peak stays in that run, and peak RSS is per run). Its record is appended as one JSON line to
 `benchmarks/results/<suite>.jsonl`; a run whose key (label, dataset, seed, overrides) is already there is
 skipped, so an interrupted suite resumes where it stopped. A run interrupted mid-training resumes from the
-last checkpoint RecBole saved in its working folder (`benchmarks/work/<suite>/<key>/saved/`).
+newest checkpoint in its working folder (`benchmarks/work/<suite>/<key>/saved/`): the `-latest.pth` one that
+`save_latest_checkpoint` rewrites after every validation (runs before it only left their best epoch's).
 
 Suites of `kind: speed` are timed by `benchmarks/speed.py` instead (see there).
 """

@@ -39,6 +39,7 @@ _VOLATILE_KEYS = {
     "worker",
     "eval_batch_size",
     "resume_checkpoint",
+    "save_latest_checkpoint",
     "local_rank",
     "single_spec",
     "nproc",
@@ -203,16 +204,29 @@ def cached_stage_one_result(artifact):
     return {**result, "reused": True}
 
 
-def kept_epoch(valid_curve, best_valid_score, resumed_from_epoch=None):
+def kept_epoch(valid_curve, best_valid_score):
     """The epoch whose weights RecBole kept, and tested: the last epoch of `valid_curve` that scored
     `best_valid_score`, since RecBole's early stopping takes a tie with the best as an improvement (and scores are
-    rounded to `metric_decimal_place`, so ties are common). A resumed run whose checkpoint no later epoch matched
-    keeps the checkpoint's epoch, the one before `resumed_from_epoch`.
+    rounded to `metric_decimal_place`, so ties are common). None when no epoch of the curve did: a resumed run
+    whose best checkpoint came from an earlier process.
     """
     tied = [point[0] for point in valid_curve if point[1] == best_valid_score]
-    if tied:
-        return tied[-1]
-    return resumed_from_epoch - 1 if resumed_from_epoch else None
+    return tied[-1] if tied else None
+
+
+_LATEST_SUFFIX = "-latest.pth"
+
+
+def latest_checkpoint_path(best_checkpoint):
+    """`X.pth` -> `X-latest.pth`, where `save_latest_checkpoint` keeps the last validated epoch beside the best."""
+    best = pathlib.Path(best_checkpoint)
+    return str(best.with_name(best.stem + _LATEST_SUFFIX))
+
+
+def best_checkpoint_path(checkpoint):
+    """The best-epoch checkpoint `checkpoint` belongs to: itself, or `X.pth` for a latest one `X-latest.pth`."""
+    checkpoint = str(checkpoint)
+    return checkpoint[: -len(_LATEST_SUFFIX)] + ".pth" if checkpoint.endswith(_LATEST_SUFFIX) else checkpoint
 
 
 def run(model, dataset, config_file_list=None, config_dict=None, saved=True, callback_fn=None, test=True):
@@ -260,12 +274,17 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
     trainer = trainer_class(config, recommender)
     if config["resume_checkpoint"]:
         trainer.resume_checkpoint(config["resume_checkpoint"])
+        # RecBole would test (and overwrite) the file it resumed from; the best weights live in the best checkpoint
+        trainer.saved_model_file = best_checkpoint_path(config["resume_checkpoint"])
+    latest_checkpoint = latest_checkpoint_path(trainer.saved_model_file) if config["save_latest_checkpoint"] else None
     clock = _EpochClock(trainer)
 
     valid_scores = []
 
     def record_epoch(epoch_idx, valid_score):
         valid_scores.append((epoch_idx, valid_score, clock.elapsed()))
+        if saved and latest_checkpoint:
+            trainer._save_checkpoint(epoch_idx, verbose=False, saved_model_file=latest_checkpoint)
         if callback_fn is not None:
             callback_fn(epoch_idx, valid_score)
 
@@ -278,9 +297,13 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
     )
     test_seconds = time.perf_counter() - test_start
 
-    if trainer.start_epoch and not best_valid_result and saved:
-        # resumed, and no epoch of this process matched the checkpoint's score: RecBole kept the checkpoint's
-        # weights but not their validation result, so measure it again
+    if latest_checkpoint:
+        pathlib.Path(latest_checkpoint).unlink(missing_ok=True)  # training ended: only an interruption needs it
+    best_epoch = kept_epoch(valid_scores, best_valid_score)
+    if best_epoch is None and trainer.start_epoch and saved:
+        # resumed, and no epoch of this process matched the best checkpoint's score: RecBole kept that checkpoint's
+        # weights but not their epoch or validation result, so read the one and measure the other again
+        best_epoch = compat.load_checkpoint(trainer.saved_model_file)["epoch"]
         best_valid_result = trainer.evaluate(valid_data, load_best_model=True, show_progress=config["show_progress"])
     result = {
         "model": model_class.__name__,
@@ -297,7 +320,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
         "max_epochs": config["epochs"],
         "lr_schedule": config["lr_schedule"] or "constant",
         "stopping_step": config["stopping_step"],
-        "best_valid_epoch": kept_epoch(valid_scores, best_valid_score, trainer.start_epoch),
+        "best_valid_epoch": best_epoch,
         "valid_curve": [list(point) for point in valid_scores],
         "train_seconds_per_epoch": sum(clock.train_seconds) / max(len(clock.train_seconds), 1),
         "valid_seconds_per_epoch": sum(clock.valid_seconds) / max(len(clock.valid_seconds), 1),

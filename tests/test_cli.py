@@ -5,7 +5,7 @@ import torch
 
 from recbole_prorec import compat
 from recbole_prorec.cli import main, parse_overrides
-from recbole_prorec.quick_start import kept_epoch, run
+from recbole_prorec.quick_start import best_checkpoint_path, kept_epoch, run
 from recbole_prorec.registry import get_model
 
 
@@ -59,11 +59,32 @@ def test_a_resumed_run_whose_checkpoint_stays_best_reports_the_checkpoints_epoch
     assert resumed["best_valid_result"] == first["best_valid_result"]
 
 
-def test_the_kept_epoch_is_the_last_of_tied_best_scores_or_the_checkpoints():
+def test_an_interrupted_run_resumes_from_its_latest_checkpoint_and_tests_its_best(fast_run_config, tmp_path):
+    class Interrupted(Exception):
+        pass
+
+    def interrupt_after_epoch_1(epoch, score):
+        if epoch == 1:
+            raise Interrupted
+
+    settings = {**fast_run_config, "epochs": 3, "save_latest_checkpoint": True, "checkpoint_dir": str(tmp_path)}
+    with pytest.raises(Interrupted):
+        run("SASRec", "tiny", config_dict=settings, callback_fn=interrupt_after_epoch_1)
+    (latest,) = tmp_path.glob("*-latest.pth")
+    assert compat.load_checkpoint(latest)["epoch"] == 1
+
+    resumed = run("SASRec", "tiny", config_dict={**settings, "resume_checkpoint": str(latest)})
+    assert resumed["resumed_from_epoch"] == 2 and resumed["epochs_run"] == 3
+    # the best checkpoint, not the latest, is what the run tested and reports
+    assert resumed["saved_model_file"] == best_checkpoint_path(latest) != str(latest)
+    assert resumed["best_valid_epoch"] == compat.load_checkpoint(resumed["saved_model_file"])["epoch"]
+    assert resumed["best_valid_result"] and not latest.exists()
+
+
+def test_the_kept_epoch_is_the_last_of_tied_best_scores():
     curve = [[0, 0.01, 1.0], [1, 0.03, 2.0], [2, 0.02, 3.0], [3, 0.03, 4.0]]
     assert kept_epoch(curve, 0.03) == 3  # RecBole's early stopping counts a tie as an improvement
-    assert kept_epoch(curve[2:3], 0.05, resumed_from_epoch=2) == 1
-    assert kept_epoch([], None) is None
+    assert kept_epoch(curve[2:3], 0.05) is None  # resumed: the best came from an earlier process
 
 
 def test_leave_one_out_puts_each_users_last_item_in_test(fast_run_config):
