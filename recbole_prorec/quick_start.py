@@ -276,14 +276,15 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
         trainer.resume_checkpoint(config["resume_checkpoint"])
         # RecBole would test (and overwrite) the file it resumed from; the best weights live in the best checkpoint
         trainer.saved_model_file = best_checkpoint_path(config["resume_checkpoint"])
-    latest_checkpoint = latest_checkpoint_path(trainer.saved_model_file) if config["save_latest_checkpoint"] else None
+    keep_latest = saved and config["save_latest_checkpoint"]
+    latest_checkpoint = latest_checkpoint_path(trainer.saved_model_file) if keep_latest else None
     clock = _EpochClock(trainer)
 
     valid_scores = []
 
     def record_epoch(epoch_idx, valid_score):
         valid_scores.append((epoch_idx, valid_score, clock.elapsed()))
-        if saved and latest_checkpoint:
+        if latest_checkpoint:
             trainer._save_checkpoint(epoch_idx, verbose=False, saved_model_file=latest_checkpoint)
         if callback_fn is not None:
             callback_fn(epoch_idx, valid_score)
