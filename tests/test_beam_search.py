@@ -83,3 +83,30 @@ def test_beam_wider_than_the_catalogue_pads_with_dead_beams():
     items, scores = constrained_beam_search(step, index, batch_size=1, beam_size=15)
     assert sorted(items[0, :9].tolist()) == list(range(1, 10))
     assert items[0, 9:].tolist() == [0] * 6 and torch.isinf(scores[0, 9:]).all()
+
+
+def test_long_product_codes_are_indexed_and_decoded():
+    """16 digits of 256 codes (+ a collision level) hold 256^16 tuples: far beyond an int64 hash of the whole
+    tuple. The trie keys stay small, and a full beam with level-independent scores equals exhaustive scoring."""
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 256, (50, 16), generator=generator)
+    codes[1] = codes[0]  # two items share their 16 digits: told apart by the collision level
+    collision = torch.zeros(50, 1, dtype=torch.long)
+    collision[1] = 1
+    codes = torch.cat([torch.full((1, 17), -1), torch.cat([codes, collision], 1)])
+    index = CodeIndex(codes)
+    assert index.codebook_sizes[-1] == 2 and index.items(codes[1:]).tolist() == list(range(1, 51))
+    other = codes[1:2].clone()
+    other[0, 5] = (other[0, 5] + 1) % 256
+    assert index.items(other).tolist() == [0]
+    tables = [torch.randn(size, generator=generator).log_softmax(0) for size in index.codebook_sizes]
+
+    def step(prefix, parent):  # level t's log-probs depend on the level only
+        return tables[prefix.shape[-1]].expand(*prefix.shape[:2], -1)
+
+    items, scores = constrained_beam_search(step, index, batch_size=1, beam_size=50)
+    exact = sum(tables[level][codes[1:, level]] for level in range(17))  # [50]
+    expected = exact.argsort(descending=True) + 1
+    assert sorted(items[0].tolist()) == list(range(1, 51))
+    torch.testing.assert_close(scores[0], exact.sort(descending=True).values)
+    assert items[0, :5].tolist() == expected[:5].tolist()

@@ -33,8 +33,8 @@ TINY_MODEL = {
 }
 # The layouts that rank by beam search: TIGER's paper layout, and the item-causal one with an autoregressive head.
 BEAM_LAYOUTS = [
-    {"layout": "seq2seq", "train_windows": False, "item_id_input": False, "warm_start": False},
-    {"code_head": "autoregressive"},
+    {"layout": "seq2seq", "train_windows": False, "item_id_input": False, "warm_start": False, "item_loss_weight": 0},
+    {"code_head": "autoregressive", "item_loss_weight": 0},
 ]
 
 
@@ -173,7 +173,12 @@ def _explicit_nce(queries, keys, temperature):
 def test_prorec_loss_is_code_ce_plus_the_weighted_distillation_terms(fast_run_config, item_weight, history_weight):
     """L = L_CE + w_item * NCE(P_item(s_n), e_{y_n}) + w_hist * NCE(P_hist(m_n), mean of e over seen history)."""
     _, model, (train_data, _, _) = prepared(
-        PRORec, fast_run_config, kd_item_weight=item_weight, kd_history_weight=history_weight, bf16=False
+        PRORec,
+        fast_run_config,
+        kd_item_weight=item_weight,
+        kd_history_weight=history_weight,
+        item_loss_weight=0,
+        bf16=False,
     )
     assert (model.item_projection is None) == (item_weight == 0)
     assert (model.history_projection is None) == (history_weight == 0)
@@ -280,7 +285,7 @@ def test_prorec_run_trains_the_tokenizer_first_then_reuses_its_artifact(fast_run
     )
     assert "stage_one" not in concat and concat["artifact"]["stats"] == rebuilt["stats"]
     kmeans_on_concat = tokenize.main(
-        ["--checkpoint", first["stage_one"]["saved_model_file"], "--code_source", "concat", "--quantizer", "rkmeans"]
+        ["--checkpoint", first["stage_one"]["saved_model_file"], "--code_source", "concat", "--quantizer", "pq"]
     )  # the checkpoint's quantizer: same key
     assert kmeans_on_concat["path"] == rebuilt["path"]
 

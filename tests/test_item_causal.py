@@ -77,9 +77,14 @@ def test_training_windows_teach_every_training_target_once_and_keep_valid_and_te
             assert torch.equal(full.inter_feat[field], thinned.inter_feat[field])
 
 
-@pytest.mark.parametrize("model_class", [TIGER, PRORec])
-def test_parallel_head_scores_every_item_with_its_code_log_probability(fast_run_config, model_class):
-    _, model, (_, valid_data, _) = prepared(model_class, fast_run_config, bf16=False)
+@pytest.mark.parametrize(
+    "model_class, options",
+    [(TIGER, {}), (PRORec, {}), (PRORec, {"stage_one_fusion": 0.3}), (TIGER, {"bf16": True})],
+    ids=["TIGER", "PRORec", "PRORec_fusion", "TIGER_bf16_layers"],
+)
+def test_parallel_head_scores_every_item_with_its_code_log_probability(fast_run_config, model_class, options):
+    """predict and full_sort_predict agree item by item (fusion included), in float32 even after bf16 layers."""
+    _, model, (_, valid_data, _) = prepared(model_class, fast_run_config, **{"bf16": False, **options})
     model.eval()
     interaction = next(iter(valid_data))[0][:3]
     with torch.no_grad():
@@ -88,6 +93,38 @@ def test_parallel_head_scores_every_item_with_its_code_log_probability(fast_run_
         for item in (1, 5, model.n_items - 1):
             interaction.update(Interaction({model.ITEM_ID: torch.full((3,), item)}))
             torch.testing.assert_close(model.predict(interaction), scores[:, item])
+    assert scores.dtype == torch.float32
+
+
+def test_item_logits_rank_as_the_exact_code_scores(fast_run_config):
+    """Item-level logits differ from sum_l log p_l(c_l) by one constant per state: the same ranking."""
+    _, model, _ = prepared(PRORec, fast_run_config, bf16=False)
+    state = torch.randn(4, model.state_size)
+    with torch.no_grad():
+        logits = model.code_head.item_logits(state, model.item_codes)  # [4, item_num]
+        exact = model.code_head.all_item_scores(state, model.item_codes)
+    assert torch.isinf(logits[:, 0]).all() and torch.isfinite(logits[:, 1:]).all()
+    gap = logits[:, 1:] - exact[:, 1:]
+    torch.testing.assert_close(gap, gap[:, :1].expand_as(gap))
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.7])
+def test_item_loss_adds_the_cross_entropy_of_the_target_among_every_item(fast_run_config, weight):
+    options = {**DETERMINISTIC, "kd_item_weight": 0, "kd_history_weight": 0, "item_loss_weight": weight}
+    _, model, (train_data, _, _) = prepared(PRORec, fast_run_config, **options)
+    batch = next(iter(train_data))
+    with torch.no_grad():
+        loss = model.calculate_loss(batch)
+        step = model.generation_step(batch)
+        full = model.code_head.all_item_scores(step.target_state, model.item_codes)  # [N, item_num]
+        item_ce = -full.log_softmax(-1).gather(1, step.target_items.unsqueeze(1)).mean()
+    assert loss.item() == pytest.approx((-step.code_log_probs.mean() + weight * item_ce).item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("layout", BEAM_LAYOUTS, ids=["seq2seq", "autoregressive_head"])
+def test_item_loss_needs_the_parallel_head(fast_run_config, layout):
+    with pytest.raises(ValueError, match="item_loss_weight > 0 needs layout 'item_causal' with code_head 'parallel'"):
+        prepared(TIGER, fast_run_config, **{**layout, "item_loss_weight": 0.5})
 
 
 def test_warm_start_copies_the_tokenizer_encoder(fast_run_config):
@@ -192,4 +229,4 @@ def test_warm_started_code_head_starts_at_the_mean_item_embedding_of_each_code(f
             torch.testing.assert_close(head.output.weight[start + code], expected)
     assert head.output.bias.abs().sum() == 0
     with pytest.raises(ValueError, match="parallel code head"):
-        prepared(PRORec, fast_run_config, warm_start_head=True, code_head="autoregressive")
+        prepared(PRORec, fast_run_config, warm_start_head=True, code_head="autoregressive", item_loss_weight=0)

@@ -12,6 +12,7 @@ from recbole_prorec.quantization import (
     quantize,
 )
 from recbole_prorec.quantization.kmeans import balanced_assign
+from recbole_prorec.quantization.product import embedding_slices
 
 TINY_RQVAE = dict(latent_dim=4, hidden_dims=(32, 16), epochs=25, batch_size=64, lr=3e-3, show_progress=False)
 
@@ -54,7 +55,7 @@ def test_collision_index_counts_items_sharing_a_prefix_in_row_order():
     assert collision_rate(add_collision_level(prefix)) == 0.0
 
 
-@pytest.mark.parametrize("method", ["rkmeans", "rqvae"])
+@pytest.mark.parametrize("method", ["rkmeans", "rqvae", "pq"])
 def test_codes_unique_after_collision_handling(method):
     kwargs = TINY_RQVAE if method == "rqvae" else None
     result = quantize(random_embeddings(n=120), method, levels=2, codebook_size=4, rqvae_kwargs=kwargs)
@@ -64,7 +65,36 @@ def test_codes_unique_after_collision_handling(method):
     assert stats["collision_rate_before"] > 0 and stats["collision_rate_after"] == 0.0
     assert stats["max_collision_index"] == codes[:, -1].max() > 0
     assert len(stats["utilization"]) == len(stats["perplexity"]) == 2
-    assert all(1.0 <= p <= 4.0 for p in stats["perplexity"])
+    for level, perplexity in enumerate(stats["perplexity"]):
+        share = np.bincount(codes[:, level]) / len(codes)
+        share = share[share > 0]
+        assert perplexity == pytest.approx(np.exp(-(share * np.log(share)).sum()))
+        assert stats["utilization"][level] == pytest.approx(len(share) / stats["codebook_size"])
+
+
+def test_embedding_slices_cover_every_coordinate_once_in_near_equal_parts():
+    parts = embedding_slices(10, 4)
+    assert [p.start for p in parts] == [0] + [p.stop for p in parts[:-1]] and parts[-1].stop == 10
+    assert sorted(p.stop - p.start for p in parts) == [2, 2, 3, 3]
+
+
+def test_each_product_digit_reads_only_its_own_slice():
+    x = random_embeddings(n=200, d=8)
+    moved = x.copy()
+    moved[:, :2] = np.random.default_rng(1).standard_normal((200, 2))  # digit 0's slice of 4 digits
+    first = quantize(x, "pq", levels=4, codebook_size=8).codes
+    second = quantize(moved, "pq", levels=4, codebook_size=8).codes
+    np.testing.assert_array_equal(first[:, 1:4], second[:, 1:4])
+    assert not np.array_equal(first[:, 0], second[:, 0])
+
+
+def test_more_product_digits_reconstruct_better_and_collide_less():
+    x = random_embeddings(n=300, d=16)
+    stats = [quantize(x, "pq", levels=digits, codebook_size=8).stats for digits in (1, 4, 16)]
+    errors = [s["reconstruction_error"] for s in stats]
+    assert errors[0] > errors[1] > errors[2]
+    assert stats[0]["collision_rate_before"] > stats[1]["collision_rate_before"] >= stats[2]["collision_rate_before"]
+    assert stats[2]["collision_rate_before"] == 0.0
 
 
 def test_balanced_assignment_respects_capacities():
@@ -83,7 +113,7 @@ def test_balanced_assignment_rejects_too_small_capacity():
         balanced_assign(torch.zeros(10, 2), torch.zeros(2, 2), capacity=4)
 
 
-@pytest.mark.parametrize("method", ["rkmeans", "rqvae"])
+@pytest.mark.parametrize("method", ["rkmeans", "rqvae", "pq"])
 def test_same_seed_same_codes(method):
     x = random_embeddings(n=150)
     kwargs = TINY_RQVAE if method == "rqvae" else None
@@ -110,7 +140,9 @@ def test_fewer_items_than_codes_shrinks_the_codebook():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(method="pq"), "unknown quantization method"),
+        (dict(method="opq"), "unknown quantization method"),
+        (dict(method="pq", levels=17), "1 <= digits <= embedding width"),
+        (dict(method="pq", balanced=True), "balanced"),
         (dict(levels=0), "levels >= 1"),
         (dict(rqvae_kwargs={"epochs": 1}), "rqvae_kwargs"),
     ],

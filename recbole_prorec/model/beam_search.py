@@ -1,8 +1,8 @@
 """Constrained beam search over item code tuples: only tuples that name an item of the catalogue are generated.
 
-The catalogue's tuples become lookup tensors once (`CodeIndex`): per level, the sorted hashes of every valid
-prefix and a dense mask of the codes that may follow each of them. Decoding a level is then one
-`torch.searchsorted` and one gather for all users and beams at once, with no Python callback per beam (a
+The catalogue's tuples become lookup tensors once (`CodeIndex`): per level, the sorted keys of every valid
+prefix and a dense mask of the codes that may follow each of them. Decoding a level is then a few
+`torch.searchsorted` calls and one gather for all users and beams at once, with no Python callback per beam (a
 prefix trie walked per beam is what makes public TIGER implementations slow), and no invalid tuple is ever
 produced, so nothing has to be repaired afterwards.
 """
@@ -10,16 +10,16 @@ produced, so nothing has to be repaired afterwards.
 import torch
 from torch import nn
 
-# Prefix hashes are mixed-radix numbers over the per-level codebook sizes; they must fit in int64.
-_MAX_HASH = 2**62
-
 
 class CodeIndex(nn.Module):
     """The valid code tuples of a catalogue, as tensors for constrained decoding.
 
     `item_codes` is the artifact's `[item_num, L]` code table in RecBole's internal item order; rows with a
-    negative code (the `[PAD]` row 0) are not items. A prefix `(c_0, ..., c_{t-1})` hashes to the mixed-radix
-    number `(((c_0) * K_1 + c_1) * K_2 + ...)`, which keeps prefixes of one length in lexicographic order.
+    negative code (the `[PAD]` row 0) are not items. The valid prefixes form a trie stored level by level: the
+    node of a length-t prefix is its rank among the valid length-t prefixes, and the length-(t+1) prefix that
+    extends node `n` with code `c` has the key `n * K_t + c`; `prefix_keys_{t+1}` holds these keys sorted, so a
+    key's position is the child's node. Keys stay below `item_num * K` whatever the number of levels (a
+    mixed-radix hash of the whole tuple overflows int64 for long product-quantized codes, e.g. 16 x 256).
     Buffers are not saved with the model: they are derived from the artifact the model is built from.
     """
 
@@ -38,56 +38,54 @@ class CodeIndex(nn.Module):
             raise ValueError("item_codes holds no item (every row has a negative code)")
         codes = codes[item_ids]  # [N, L]
         self.codebook_sizes = [int(k) + 1 for k in codes.max(0).values]
-        capacity = 1
-        for size in self.codebook_sizes:
-            capacity *= size
-        if capacity >= _MAX_HASH:
-            raise ValueError(f"codebook sizes {self.codebook_sizes} give more code tuples than int64 hashes can hold")
 
-        for level in range(self.num_levels):
-            prefix_hashes, inverse = torch.unique(self.prefix_hash(codes[:, :level]), sorted=True, return_inverse=True)
-            next_code_mask = torch.zeros(len(prefix_hashes), self.codebook_sizes[level], dtype=torch.bool)
-            next_code_mask[inverse, codes[:, level]] = True
-            self.register_buffer(f"prefix_hashes_{level}", prefix_hashes, persistent=False)  # [P_l]
-            self.register_buffer(f"next_code_mask_{level}", next_code_mask, persistent=False)  # [P_l, K_l]
+        node = torch.zeros(len(codes), dtype=torch.long)  # each item's prefix node at the current length
+        for level, size in enumerate(self.codebook_sizes):
+            next_code_mask = torch.zeros(int(node.max()) + 1, size, dtype=torch.bool)
+            next_code_mask[node, codes[:, level]] = True
+            keys, node = torch.unique(node * size + codes[:, level], sorted=True, return_inverse=True)
+            self.register_buffer(f"next_code_mask_{level}", next_code_mask, persistent=False)  # [P_level, K_level]
+            self.register_buffer(f"prefix_keys_{level + 1}", keys, persistent=False)  # [P_{level+1}]
 
-        tuple_hashes, order = self.prefix_hash(codes).sort()
-        duplicate = (tuple_hashes[1:] == tuple_hashes[:-1]).nonzero()
-        if duplicate.numel():
-            first, second = order[int(duplicate[0])], order[int(duplicate[0]) + 1]
-            raise ValueError(
-                f"items {int(item_ids[first])} and {int(item_ids[second])} share the code tuple "
-                f"{codes[first].tolist()}: codes must be unique per item (add a collision level)"
-            )
-        self.register_buffer("tuple_hashes", tuple_hashes, persistent=False)  # [N]
-        self.register_buffer("tuple_items", item_ids[order], persistent=False)  # [N]
+        if len(keys) < len(codes):
+            first_of_node = torch.full((len(keys),), -1, dtype=torch.long)
+            for row, tuple_node in enumerate(node.tolist()):
+                if first_of_node[tuple_node] >= 0:
+                    first = int(first_of_node[tuple_node])
+                    raise ValueError(
+                        f"items {int(item_ids[first])} and {int(item_ids[row])} share the code tuple "
+                        f"{codes[row].tolist()}: codes must be unique per item (add a collision level)"
+                    )
+                first_of_node[tuple_node] = row
+        tuple_items = torch.zeros(len(keys), dtype=torch.long).scatter_(0, node, item_ids)
+        self.register_buffer("tuple_items", tuple_items, persistent=False)  # [N], the item of each full tuple
 
     @property
     def num_levels(self):
         return len(self.codebook_sizes)
 
-    def prefix_hash(self, prefix):
-        """`prefix [..., t]` codes -> `[...]` int64 hashes (0 for the empty prefix)."""
-        hashes = torch.zeros(prefix.shape[:-1], dtype=torch.long, device=prefix.device)
+    def prefix_nodes(self, prefix):
+        """`prefix [..., t]` codes -> `(node [...], found [...])`: each prefix's trie node and whether it is a valid
+        prefix at all (node 0 where it is not)."""
+        node = torch.zeros(prefix.shape[:-1], dtype=torch.long, device=prefix.device)
+        found = torch.ones(prefix.shape[:-1], dtype=torch.bool, device=prefix.device)
         for level in range(prefix.shape[-1]):
-            hashes = hashes * self.codebook_sizes[level] + prefix[..., level]
-        return hashes
-
-    def _lookup(self, sorted_hashes, hashes):
-        """Positions of `hashes` in `sorted_hashes` and whether they are there at all."""
-        position = torch.searchsorted(sorted_hashes, hashes).clamp_(max=len(sorted_hashes) - 1)
-        return position, sorted_hashes[position] == hashes
+            keys = getattr(self, f"prefix_keys_{level + 1}")
+            wanted = node * self.codebook_sizes[level] + prefix[..., level]
+            node = torch.searchsorted(keys, wanted).clamp_(max=len(keys) - 1)
+            found &= keys[node] == wanted
+            node.masked_fill_(found.logical_not(), 0)
+        return node, found
 
     def allowed_codes(self, prefix):
         """`prefix [..., t]` -> bool `[..., K_t]`: the level-t codes that continue it towards some item."""
-        level = prefix.shape[-1]
-        position, found = self._lookup(getattr(self, f"prefix_hashes_{level}"), self.prefix_hash(prefix))
-        return getattr(self, f"next_code_mask_{level}")[position] & found.unsqueeze(-1)
+        node, found = self.prefix_nodes(prefix)
+        return getattr(self, f"next_code_mask_{prefix.shape[-1]}")[node] & found.unsqueeze(-1)
 
     def items(self, codes):
         """`codes [..., L]` full tuples -> `[...]` internal item ids, 0 where the tuple names no item."""
-        position, found = self._lookup(self.tuple_hashes, self.prefix_hash(codes))
-        return self.tuple_items[position].masked_fill(found.logical_not(), 0)
+        node, found = self.prefix_nodes(codes)
+        return self.tuple_items[node].masked_fill(found.logical_not(), 0)
 
 
 def constrained_beam_search(step_log_probs, index, batch_size, beam_size, device=None):

@@ -196,6 +196,21 @@ class CodeHead(nn.Module):
                 scores = scores + self.level_log_probs(state, None, level).gather(1, codes[..., level])
         return scores
 
+    def item_logits(self, state, item_codes):
+        """Logits of every item as one softmax (parallel head only): `state [N, d]` -> `[N, item_num]`.
+
+        Item i's logit is `state . sum_l W_l[c_l(i)] + sum_l b_l[c_l(i)]`, which differs from its exact score
+        `sum_l log p_l(c_l(i))` (`all_item_scores`) only by `sum_l logsumexp_l`, the same for every item: a
+        cross-entropy over these logits trains the very ranking that evaluation reads (item-level loss, RPG). One
+        matmul against per-item output vectors, each the sum of the item's code rows; padding (row 0) is -inf.
+        """
+        if self.autoregressive:
+            raise ValueError("item-level logits need the parallel code head (item_loss_weight > 0)")
+        tokens = item_codes.clamp(min=0) + self.level_starts  # [item_num, L]
+        weight = F.embedding_bag(tokens, self.output.weight, mode="sum")  # [item_num, d]
+        bias = self.output.bias[tokens].sum(1)  # [item_num]
+        return F.linear(state, weight, bias).masked_fill((item_codes < 0).any(1), -torch.inf)
+
     def all_item_scores(self, state, item_codes):
         """Exact log-probability of every item (parallel head only): `state [B, d]` -> `[B, item_num]`.
 

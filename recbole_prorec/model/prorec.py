@@ -104,7 +104,7 @@ class PRORec(TIGER):
     def calculate_loss(self, interaction):
         with self.autocast():
             step = self.generation_step(interaction)
-            loss = -step.code_log_probs.mean()
+            loss = self.generation_loss(step)
             if self.item_projection is not None:
                 key = self.integrated_embeddings[step.target_items]
                 loss = loss + self.kd_item_weight * in_batch_info_nce(
@@ -118,12 +118,26 @@ class PRORec(TIGER):
                 )
         return loss
 
+    def stage_one_log_probs(self, interaction):
+        """The frozen stage-1 model's log-softmax over every item `[B, n_items]` (score fusion)."""
+        self.stage_one_encoder.eval()
+        states = self.stage_one_encoder(interaction[self.ITEM_SEQ])  # [B, T, d]
+        state = self.gather_indexes(states, interaction[self.ITEM_SEQ_LEN] - 1)  # [B, d]
+        return (state @ self.stage_one_encoder.item_embedding.weight.T).log_softmax(-1)
+
+    def fuse(self, scores, stage_one):
+        """`(1 - w) * log p(codes) + w * stage-1 log-probs`, w = `stage_one_fusion`."""
+        return (1 - self.stage_one_fusion) * scores.float() + self.stage_one_fusion * stage_one
+
+    def predict(self, interaction):
+        scores = super().predict(interaction)  # [B]
+        if self.stage_one_encoder is None:
+            return scores
+        stage_one = self.stage_one_log_probs(interaction).gather(1, interaction[self.ITEM_ID].unsqueeze(1))
+        return self.fuse(scores, stage_one.squeeze(1))
+
     def full_sort_predict(self, interaction):
         scores = super().full_sort_predict(interaction)  # [B, n_items]
         if self.stage_one_encoder is None:
             return scores
-        self.stage_one_encoder.eval()
-        states = self.stage_one_encoder(interaction[self.ITEM_SEQ])  # [B, T, d]
-        state = self.gather_indexes(states, interaction[self.ITEM_SEQ_LEN] - 1)  # [B, d]
-        stage_one = (state @ self.stage_one_encoder.item_embedding.weight.T).log_softmax(-1)  # [B, n_items]
-        return (1 - self.stage_one_fusion) * scores.float() + self.stage_one_fusion * stage_one
+        return self.fuse(scores, self.stage_one_log_probs(interaction))

@@ -16,6 +16,7 @@ import logging
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
@@ -121,6 +122,14 @@ class TIGER(SequentialRecommender):
                 f"beam_size items per user and every other item scores -inf; set beam_size >= {largest_topk}"
             )
         self.bf16 = resolve_bf16(config["bf16"], config["device"])
+        self.item_loss_weight = config["item_loss_weight"] or 0.0
+        if self.item_loss_weight < 0:
+            raise ValueError(f"item_loss_weight must be >= 0, got {self.item_loss_weight}")
+        if self.item_loss_weight and (config["layout"] != "item_causal" or config["code_head"] != "parallel"):
+            raise ValueError(
+                "item_loss_weight > 0 needs layout 'item_causal' with code_head 'parallel' (one softmax over every "
+                f"item's summed code logits), got layout {config['layout']!r}, code_head {config['code_head']!r}"
+            )
         self.initializer_range = config["initializer_range"]
 
         self.artifact = self.load_artifact(config, dataset)
@@ -203,8 +212,9 @@ class TIGER(SequentialRecommender):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def on_training_end(self, dataset):
-        """The code statistics of the artifact this model generated over, reported with the run's results."""
-        return {"stats": {k: v for k, v in self.artifact.stats.items() if k != "loss_history"}}
+        """Which artifact this model generated over (path prefix, arrays digest) and its code statistics."""
+        stats = {k: v for k, v in self.artifact.stats.items() if k != "loss_history"}
+        return {"codes_from": str(self.artifact_path), "sha256": self.artifact.digest, "stats": stats}
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -252,31 +262,43 @@ class TIGER(SequentialRecommender):
         log_probs = self.code_head.code_log_probs(state, self.item_codes[target_items])
         return GenerationStep(log_probs, target_items, state, state, visible_history(item_seq)[predicted])
 
+    def generation_loss(self, step):
+        """Per-level code cross-entropy, plus `item_loss_weight` x cross-entropy of the target among every item."""
+        loss = -step.code_log_probs.mean()
+        if self.item_loss_weight:
+            logits = self.code_head.item_logits(step.target_state, self.item_codes).float()  # [N, item_num]
+            loss = loss + self.item_loss_weight * F.cross_entropy(logits, step.target_items)
+        return loss
+
     def calculate_loss(self, interaction):
         with self.autocast():
-            step = self.generation_step(interaction)
-        return -step.code_log_probs.mean()
+            return self.generation_loss(self.generation_step(interaction))
 
     def predict(self, interaction):
         target_items = interaction[self.ITEM_ID]
         codes = self.item_codes[target_items]
-        with self.autocast():
-            if self.layout == "seq2seq":
+        if self.layout == "seq2seq":
+            with self.autocast():
                 output = self.seq2seq(self.history_codes(interaction), codes, interaction[self.USER_ID])
                 return self.seq2seq.code_log_probs(output.logits, codes).sum(-1)  # [B]
-            return self.code_head.code_log_probs(self.last_states(interaction), codes).sum(-1)  # [B]
+        with self.autocast():
+            state = self.last_states(interaction)  # [B, d]
+        return self.code_head.code_log_probs(state.float(), codes).sum(-1)  # [B], float32 as full_sort_predict
 
     def full_sort_predict(self, interaction):
-        with self.autocast():
-            if self.layout == "seq2seq":
+        """`[B, n_items]` scores. The item-causal code head scores in float32 (from the state, which may come from
+        bf16 layers): bf16 logits round so coarsely that many items of a long catalogue tie."""
+        if self.layout == "seq2seq":
+            with self.autocast():
                 items, scores = self.seq2seq.beam_search(
                     self.history_codes(interaction), self.code_index, self.beam_size, interaction[self.USER_ID]
                 )
-            else:
-                state = self.last_states(interaction)  # [B, d]
-                if not self.code_head.autoregressive:
-                    return self.code_head.all_item_scores(state, self.item_codes)  # [B, n_items]
-                items, scores = self.head_beam_search(state)
+        else:
+            with self.autocast():
+                state = self.last_states(interaction).float()  # [B, d]
+            if not self.code_head.autoregressive:
+                return self.code_head.all_item_scores(state, self.item_codes)  # [B, n_items]
+            items, scores = self.head_beam_search(state)
         all_scores = scores.new_full((scores.shape[0], self.n_items), -torch.inf)  # [B, n_items]
         return all_scores.scatter_(1, items, scores)
 

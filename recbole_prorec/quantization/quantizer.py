@@ -9,12 +9,13 @@ import torch
 
 from .collisions import add_collision_level, collision_index, collision_rate
 from .kmeans import reconstruct, residual_kmeans
+from .product import product_quantize, standardize
 from .rqvae import RQVAEConfig, train_rqvae
 from .stats import code_usage
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("rkmeans", "rqvae")
+METHODS = ("rkmeans", "rqvae", "pq")
 
 
 @dataclasses.dataclass
@@ -38,11 +39,13 @@ def _as_float_tensor(embeddings):
 def quantize(embeddings, method="rkmeans", levels=3, codebook_size=256, seed=0, balanced=False, rqvae_kwargs=None):
     """Quantize ``embeddings [n, d]`` (numpy or torch) into ``levels`` codes per item plus a collision level.
 
-    ``method``: ``"rkmeans"`` (residual k-means, PRORec) or ``"rqvae"`` (TIGER; ``rqvae_kwargs`` are
-    ``RQVAEConfig`` fields). ``balanced`` caps every k-means cluster at ``ceil(n / K)`` items (for RQ-VAE: in
-    the codebook initialisation). Deterministic given ``seed``. Reconstruction errors are mean squared errors
-    per coordinate, in input space (and, for RQ-VAE, in the latent space too); ``residual_errors[l]`` is the
-    error after levels ``<= l`` (input space for k-means, latent for RQ-VAE).
+    ``method``: ``"rkmeans"`` (residual k-means, PRORec), ``"rqvae"`` (TIGER; ``rqvae_kwargs`` are
+    ``RQVAEConfig`` fields) or ``"pq"`` (product quantization: ``levels`` digits, one per slice of the
+    standardised embedding, RPG's long codes; its error is in the standardised space). ``balanced`` caps every
+    k-means cluster at ``ceil(n / K)`` items (for RQ-VAE: in the codebook initialisation; not for ``pq``).
+    Deterministic given ``seed``. Reconstruction errors are mean squared errors per coordinate, in input space
+    (and, for RQ-VAE, in the latent space too); ``residual_errors[l]`` is the error after levels ``<= l`` (input
+    space for k-means, latent for RQ-VAE).
     """
     if method not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}; expected one of {METHODS}")
@@ -58,6 +61,12 @@ def quantize(embeddings, method="rkmeans", levels=3, codebook_size=256, seed=0, 
         residual_errors = [torch.nn.functional.mse_loss(p, x).item() for p in partial]
         errors = {"reconstruction_error": residual_errors[-1], "residual_errors": residual_errors}
         used_size = codebooks.shape[1]
+    elif method == "pq":
+        if balanced:
+            raise ValueError("balanced k-means applies to method 'rkmeans' and 'rqvae' only, not 'pq'")
+        codes, approximation = product_quantize(x, levels, codebook_size, seed=seed)
+        errors = {"reconstruction_error": torch.nn.functional.mse_loss(approximation, standardize(x)).item()}
+        used_size = min(codebook_size, x.shape[0])
     else:
         model, history = train_rqvae(x, levels, codebook_size, seed, balanced, RQVAEConfig(**(rqvae_kwargs or {})))
         codes, errors = model.encode(x)
