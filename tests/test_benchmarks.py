@@ -178,28 +178,68 @@ def test_report_means_over_seeds_bolds_the_best_and_shows_the_improvement(tmp_pa
     assert (tmp_path / "plots" / "main-d.png").stat().st_size > 0
 
 
-def test_summary_compares_the_proposed_model_with_the_best_baseline_and_calls_significance(tmp_path):
+def _summary_lines(records, suite, tmp_path):
+    """{dataset: {column: cell}} of the summary table that `records` (one suite, "main") give."""
     results, suites = tmp_path / "results", tmp_path / "suites"
     results.mkdir()
     suites.mkdir()
-    records = [_record("Base", 0, 0.030), _record("Base", 1, 0.032), _record("Weak", 0, 0.01)]
-    records += [_record("New", 0, 0.040), _record("New", 1, 0.042)]
-    (results / "main.jsonl").write_text("\n".join(json.dumps({**r, "dataset": "toys"}) for r in records) + "\n")
-    suite = {"summary": True, "proposed": "New", "baselines": ["Base", "Weak"], "datasets": ["toys"]}
+    (results / "main.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     (suites / "main.yaml").write_text(yaml.safe_dump(suite))
-    (suites / "later.yaml").write_text(yaml.safe_dump({**suite, "datasets": ["sports"]}))  # no records yet
     text = report.build_report(results, suites, tmp_path / "plots")
     summary = text[text.index("## Summary") : text.index("## main")]
-    (line,) = [row for row in summary.splitlines() if row.startswith("| toys |")]
-    (not_run,) = [row for row in summary.splitlines() if row.startswith("| sports |")]
-    assert "| New: not run yet |" in not_run and not_run.count("|") == line.count("|")
-    assert "New (2 seeds)" in line and "Base (2 seeds)" in line and "+32.3%" in line  # .041 vs .031
-    assert "| significant (difference 0.0100 vs 2 std 0.0040) |" in line  # std 0.00141 each: 2 sqrt(2) 0.00141
-    assert "TIGER" in summary and line.endswith("| – | – |")  # no published TIGER row for "toys"
+    table = [line.strip("| ").split(" | ") for line in summary.splitlines() if line.startswith("| ")]
+    header, lines = table[0], table[1:]
+    assert all(len(cells) == len(header) for cells in lines)
+    return summary, {cells[0]: dict(zip(header, cells)) for cells in lines}
+
+
+def test_summary_compares_the_proposed_model_with_the_best_baseline_and_calls_significance(tmp_path):
+    records = [_record("Base", 0, 0.030), _record("Base", 1, 0.032), _record("Weak", 0, 0.01)]
+    records += [_record("New", 0, 0.040), _record("New", 1, 0.042)]
+    suite = {"summary": True, "proposed": "New", "baselines": ["Base", "Weak"], "datasets": ["toys", "sports"]}
+    summary, lines = _summary_lines([{**r, "dataset": "toys"} for r in records], suite, tmp_path)
+    line, not_run = lines["toys"], lines["sports"]  # no records for "sports" yet
+    assert not_run["ours"] == "New: not run yet"
+    assert line["ours"] == "New (2 seeds)" and line["best baseline in N@10"] == "Base (2 seeds)"
+    assert line["N@10 vs it"] == "+32.3%"  # .041 vs .031
+    # std 0.00141 each: 2 sqrt(2) 0.00141
+    assert line["N@10 significance"] == "significant (difference 0.0100 vs 2 std 0.0040)"
+    assert "TIGER" in summary and line["TIGER published R@10 / N@10"] == line["N@10 vs TIGER published"] == "–"
     close = [_record("Base", 0, 0.030), _record("Base", 1, 0.040), _record("New", 0, 0.036), _record("New", 1, 0.038)]
     base, new = report.group_rows(close[:2]), report.group_rows(close[2:])
     assert report.significance(new[0], base[0]).startswith("not significant")
     assert report.significance(new[0], report.group_rows(close[:1])[0]) == "not tested (1 seed)"
+
+
+def test_summary_picks_and_tests_the_best_baseline_per_metric(tmp_path):
+    """The best baseline in R@10 may be another row than in N@10, and a significant gain in N@10 may come with
+    none in R@10: each metric names its own best baseline and gets its own verdict."""
+    records = [_record("Base", 0, 0.030, recall=0.060), _record("Base", 1, 0.032, recall=0.062)]
+    records += [_record("Recaller", 0, 0.020, recall=0.078), _record("Recaller", 1, 0.022, recall=0.086)]
+    records += [_record("New", 0, 0.040, recall=0.084), _record("New", 1, 0.042, recall=0.086)]
+    suite = {"summary": True, "proposed": "New", "baselines": ["Base", "Recaller"]}
+    summary, lines = _summary_lines(records, suite, tmp_path)
+    line = lines["d"]
+    assert (line["R@10"], line["N@10"]) == ("0.0850 ± 0.0014", "0.0410 ± 0.0014")
+    assert line["best baseline in N@10"] == "Base (2 seeds)" and line["its N@10"] == "0.0310 ± 0.0014"
+    assert line["N@10 vs it"] == "+32.3%" and line["N@10 significance"].startswith("significant")
+    assert line["best baseline in R@10"] == "Recaller (2 seeds)" and line["its R@10"] == "0.0820 ± 0.0057"
+    assert line["R@10 vs it"] == "+3.7%"  # .085 vs .082
+    # 2 sqrt(0.00566^2 + 0.00141^2) = 0.0117 > 0.003
+    assert line["R@10 significance"] == "not significant (difference 0.0030 vs 2 std 0.0117)"
+    # The text states what the rule computes: the spread of two single runs, not of two means.
+    assert "sqrt(std_a²/n_a + std_b²/n_b)" in summary and "conservative" in summary
+
+
+def test_summary_suites_count_the_proposed_models_stage_one_among_the_baselines():
+    """PRORecTokenizer retrieves on its own, so PRORec's gain must be measured against it too."""
+    for path in sorted((BENCHMARKS / "suites").glob("*.yaml")):
+        suite = yaml.safe_load(path.read_text())
+        if not suite.get("summary"):
+            continue
+        models = {entry.get("label", entry["model"]): entry["model"] for entry in suite["runs"]}
+        assert set(suite["baselines"]) <= set(models), path.name  # every baseline names a run of the suite
+        assert "PRORecTokenizer" in {models[label] for label in suite["baselines"]}, path.name
 
 
 def test_precision_note_tells_bf16_float32_no_option_and_old_records_apart():
