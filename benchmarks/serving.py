@@ -23,13 +23,23 @@ def percentiles_ms(seconds):
     return float(np.percentile(values, 50)), float(np.percentile(values, 99))
 
 
-def newest_checkpoint(suite_name, label, seed):
-    """The newest `saved/*.pth` of the run labelled `label` (first dataset) of `suite_name`."""
+def training_run(suite_name, label, seed):
+    """The run labelled `label` (first dataset) of the training suite `suite_name`, as `common.plan` gives it."""
     specs = [s for s in common.plan(common.load_suite(suite_name), seeds=[seed]) if s["label"] == label]
     if not specs:
         raise SystemExit(f"suite {suite_name} has no run labelled {label!r}")
-    folder = common.WORK / suite_name / specs[0]["key"] / "saved"
-    model = specs[0]["model"]
+    return specs[0]
+
+
+def record_key(dataset, label):
+    return f"serving-{dataset}-{label}"
+
+
+def newest_checkpoint(suite_name, label, seed):
+    """The newest `saved/*.pth` of the run labelled `label` (first dataset) of `suite_name`."""
+    spec = training_run(suite_name, label, seed)
+    folder = common.WORK / suite_name / spec["key"] / "saved"
+    model = spec["model"]
     checkpoints = sorted(folder.glob(f"{model}-*.pth"), key=lambda p: p.stat().st_mtime)
     if not checkpoints:
         raise SystemExit(f"no {model} checkpoint in {folder}: run `benchmarks/run.py --suite {suite_name}` first")
@@ -80,7 +90,7 @@ def measure(checkpoint, label, k=50, workers=2, lookups=100_000, single_users=20
     online_p50, online_p99 = percentiles_ms(timings)
     return {
         "kind": "serving",
-        "key": f"serving-{meta['dataset']}-{label}",
+        "key": record_key(meta["dataset"], label),
         "label": label,
         "model": meta["model"],
         "dataset": meta["dataset"],
@@ -102,13 +112,19 @@ def measure(checkpoint, label, k=50, workers=2, lookups=100_000, single_users=20
 
 
 def run_suite(suite_name, suite, results_file):
-    """Measure every model of a `kind: serving` suite not yet in `results_file` (one JSON line each)."""
+    """Measure every model of a `kind: serving` suite not yet in `results_file` (one JSON line each).
+
+    A model already recorded is skipped before anything is measured: a measurement takes minutes per model.
+    """
     import json
 
     done = common.finished_keys(results_file)
     commit = common.git_commit()
     for entry in suite["models"]:
-        checkpoint = newest_checkpoint(entry["suite"], entry["label"], entry.get("seed", 2020))
+        seed = entry.get("seed", 2020)
+        if record_key(training_run(entry["suite"], entry["label"], seed)["dataset"], entry["label"]) in done:
+            continue
+        checkpoint = newest_checkpoint(entry["suite"], entry["label"], seed)
         with tempfile.TemporaryDirectory() as scratch:  # RecBole writes log/ where it runs
             cwd = os.getcwd()
             os.chdir(scratch)
@@ -123,8 +139,6 @@ def run_suite(suite_name, suite, results_file):
                 )
             finally:
                 os.chdir(cwd)
-        if record["key"] in done:
-            continue
         print(
             f"{record['label']}: precache {record['precache_seconds']:.0f} s, lookup p50 {record['lookup_p50_ms']:.3f} "
             f"ms, on the fly p50 {record['online_p50_ms']:.1f} ms",
