@@ -43,11 +43,14 @@ def allow_recbole_checkpoints():
 
 
 def save_checkpoints_with_protocol_2():
-    """Make RecBole's Trainer write checkpoints that torch's weights-only unpickler can read.
+    """Make RecBole's Trainer write checkpoints that torch's weights-only unpickler can read, with the data they
+    were trained on.
 
     Why: `Trainer._save_checkpoint` calls `torch.save(..., pickle_protocol=4)`, and protocol 4's FRAME opcode is
     rejected by the weights-only unpickler of torch 2.13 ("Unsupported operand 149"). The wrapper runs RecBole's
-    own method with `torch.save` forced to torch's default protocol 2 for the duration of the call.
+    own method with `torch.save` forced to torch's default protocol 2 for the duration of the call. It also adds
+    `data_fingerprint` (a string: `utils.data_fingerprint` of the trainer's config), so that a checkpoint later
+    given to a run whose dataset changed is refused (`checkpoint.check_data`) instead of loaded onto other items.
     """
     from recbole.trainer import trainer as recbole_trainer
 
@@ -56,10 +59,14 @@ def save_checkpoints_with_protocol_2():
         return
     real_save = torch.save
 
-    def save_protocol_2(obj, f, pickle_module=None, pickle_protocol=None, **kwargs):
-        return real_save(obj, f, **kwargs)
-
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        fingerprint = _trainer_data_fingerprint(self)
+
+        def save_protocol_2(obj, f, pickle_module=None, pickle_protocol=None, **save_kwargs):
+            if fingerprint and isinstance(obj, dict):
+                obj = {**obj, "data_fingerprint": fingerprint}
+            return real_save(obj, f, **save_kwargs)
+
         torch.save = save_protocol_2
         try:
             return original(self, epoch, verbose=verbose, **kwargs)
@@ -68,6 +75,19 @@ def save_checkpoints_with_protocol_2():
 
     _save_checkpoint.saves_protocol_2 = True
     recbole_trainer.Trainer._save_checkpoint = _save_checkpoint
+
+
+def _trainer_data_fingerprint(trainer):
+    """`utils.data_fingerprint` of the trainer's config, computed once per trainer; None when it has no dataset
+    files to read (a config built by hand)."""
+    if "_data_fingerprint" not in trainer.__dict__:
+        from recbole_prorec.utils import data_fingerprint
+
+        try:
+            trainer._data_fingerprint = data_fingerprint(trainer.config)
+        except (TypeError, KeyError, OSError):
+            trainer._data_fingerprint = None
+    return trainer._data_fingerprint
 
 
 def load_checkpoint(path, map_location="cpu"):

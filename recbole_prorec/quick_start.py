@@ -20,7 +20,8 @@ from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_trainer, init_logger, init_seed, set_color
 
-from recbole_prorec import compat
+from recbole_prorec import checkpoint, compat
+from recbole_prorec.options import check_dataset_name
 from recbole_prorec.quantization import artifact_prefix, recorded_digest
 from recbole_prorec.registry import get_model, model_config_files
 from recbole_prorec.utils import settings_digest, write_atomically
@@ -144,13 +145,14 @@ def sample_validation_users(config, valid_data, num_users):
     return type(valid_data)(config, dataset.copy(dataset.inter_feat[rows]), valid_data._sampler, shuffle=False)
 
 
-def stage_one_artifact(model_class, config, dataset, config_file_list, config_dict):
+def stage_one_artifact(model_class, config, dataset, config_file_list, config_dict, test=True):
     """Path of the stage-1 artifact a stage-2 model reads, training stage 1 first when none is cached.
 
     Stage 1 sees the same files and overrides as stage 2, plus `tokenizer_config` (stage-1-only overrides).
     The cache key is the stage-1 model's own `default_artifact_path` (a hash of the settings that shape its
     codes), so a changed tokenizer option trains a new tokenizer and a standalone stage-1 run with the same
-    settings is reused.
+    settings is reused. `test=False` (a tuning trial, which must choose on validation alone) trains stage 1
+    without its test evaluation too.
     """
     given = config["tokenizer_artifact"]
     if given:
@@ -168,7 +170,7 @@ def stage_one_artifact(model_class, config, dataset, config_file_list, config_di
         logger.info(f"Reusing the cached {stage_one} artifact {artifact}")
         return artifact, cached_stage_one_result(artifact)
     logger.info(f"No {stage_one} artifact cached: training stage 1 ({stage_one}) first")
-    stage_one_result = run(stage_one, dataset, config_file_list, {**overrides, "artifact_path": artifact})
+    stage_one_result = run(stage_one, dataset, config_file_list, {**overrides, "artifact_path": artifact}, test=test)
     return artifact, stage_one_result
 
 
@@ -232,8 +234,9 @@ def best_checkpoint_path(checkpoint):
 def run(model, dataset, config_file_list=None, config_dict=None, saved=True, callback_fn=None, test=True):
     """Train `model` on `dataset` with early stopping on the validation metric, then test the best weights.
 
-    `test=False` skips the test evaluation (`test_result` is then empty): a tuning trial must choose on
-    validation alone.
+    `test=False` skips the test evaluation (`test_result` is then empty), of stage 1 too: a tuning trial must
+    choose on validation alone. Either way the model ends holding its best epoch's weights (with `saved`), which
+    are what a stage-1 model writes its item-code artifact from.
 
     Returns a dict with the best validation and the test results, the validation score of every epoch this
     process trained ("valid_curve": [[epoch, score, seconds of training and validation so far], ...]), epochs run,
@@ -241,17 +244,28 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
     two-stage model also the stage-1 result under "stage_one" (with `"reused": True` when the artifact was cached).
     """
     model_class = get_model(model)
+    check_dataset_name(dataset)
     compat.apply()
     config_dict = dict(config_dict or {})
     stage_one_result = None
     if getattr(model_class, "stage_one_model", None):
         probe = build_config(model_class, dataset, config_file_list, config_dict)
         ensure_dataset_files(probe)
-        artifact, stage_one_result = stage_one_artifact(model_class, probe, dataset, config_file_list, config_dict)
+        artifact, stage_one_result = stage_one_artifact(
+            model_class, probe, dataset, config_file_list, config_dict, test=test
+        )
         config_dict["tokenizer_artifact"] = artifact
 
     config = build_config(model_class, dataset, config_file_list, config_dict)
     ensure_dataset_files(config)
+    if config["epochs"] is not None and config["epochs"] < 1:
+        raise ValueError(f"epochs={config['epochs']}: must be at least 1 (0 epochs would test an untrained model)")
+    resume_state = None
+    if config["resume_checkpoint"]:  # a file that cannot be resumed from is refused before the data is loaded
+        resume_state = checkpoint.read_checkpoint(
+            config["resume_checkpoint"], model=model_class, required=checkpoint.RESUME_KEYS
+        )
+        checkpoint.check_data(resume_state, config["resume_checkpoint"], config)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     if config["torch_threads"]:
@@ -273,7 +287,14 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
     trainer_class = getattr(model_class, "trainer_class", None) or get_trainer(config["MODEL_TYPE"], config["model"])
     trainer = trainer_class(config, recommender)
     if config["resume_checkpoint"]:
-        trainer.resume_checkpoint(config["resume_checkpoint"])
+        checkpoint.check_weights(resume_state, config["resume_checkpoint"], recommender)
+        try:
+            trainer.resume_checkpoint(config["resume_checkpoint"])
+        except (RuntimeError, ValueError, KeyError) as error:  # e.g. an optimizer state of another learner
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise checkpoint.CheckpointError(
+                f"{config['resume_checkpoint']}: cannot resume from it ({first_line})"
+            ) from None
         # RecBole would test (and overwrite) the file it resumed from; the best weights live in the best checkpoint
         trainer.saved_model_file = best_checkpoint_path(config["resume_checkpoint"])
     keep_latest = saved and config["save_latest_checkpoint"]
@@ -297,6 +318,10 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
         trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"]) if test else {}
     )
     test_seconds = time.perf_counter() - test_start
+    if saved and not test and pathlib.Path(trainer.saved_model_file).is_file():
+        # as `evaluate(load_best_model=True)` does on the test path: what follows (a stage-1 model's artifact,
+        # written by on_training_end) must come from the best epoch's weights, not the last epoch's
+        checkpoint.load_checkpoint(trainer.saved_model_file, recommender)
 
     if latest_checkpoint:
         pathlib.Path(latest_checkpoint).unlink(missing_ok=True)  # training ended: only an interruption needs it

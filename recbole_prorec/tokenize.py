@@ -20,10 +20,10 @@ from recbole_prorec.quantization.quantizer import METHODS
 
 
 def load_tokenizer(checkpoint, overrides=None):
-    """``(model, dataset)`` from a RecBole checkpoint of PRORecTokenizer; ``overrides`` update its config."""
-    config, model, dataset, _ = load_data_and_model(checkpoint, overrides)
-    if config["model"] != PRORecTokenizer.__name__:
-        raise ValueError(f"{checkpoint}: a checkpoint of {config['model']}, expected {PRORecTokenizer.__name__}")
+    """``(model, dataset)`` from a RecBole checkpoint of PRORecTokenizer; ``overrides`` update its config.
+
+    Another model's checkpoint, or one saved for other data, is a one-line ``CheckpointError`` (a ValueError)."""
+    _, model, dataset, _ = load_data_and_model(checkpoint, overrides, model=PRORecTokenizer)
     return model, dataset
 
 

@@ -1,10 +1,13 @@
 """The CLI and run(): RecBole's flags, our models and RecBole's alike, clear errors, loadable checkpoints."""
 
+import json
+
 import pytest
 import torch
 
 from recbole_prorec import compat
 from recbole_prorec.cli import main, parse_overrides
+from recbole_prorec.options import OptionError
 from recbole_prorec.quick_start import best_checkpoint_path, kept_epoch, run
 from recbole_prorec.registry import get_model
 
@@ -15,7 +18,7 @@ def test_overrides_are_yaml_typed_and_never_evaluated():
 
 
 def test_override_without_value_is_an_error():
-    with pytest.raises(SystemExit, match="--epochs has no value"):
+    with pytest.raises(OptionError, match="--epochs has no value"):
         parse_overrides(["--epochs"])
 
 
@@ -111,11 +114,34 @@ def test_leave_one_out_puts_each_users_last_item_in_test(fast_run_config):
     assert last_rows == raw_last
 
 
-def test_cli_runs_sasrec_and_prints_results(fast_run_config, capsys):
-    args = ["--model=SASRec", "--dataset=tiny"] + [f"--{key}={value}" for key, value in fast_run_config.items()]
-    assert main(args) == 0
-    printed = capsys.readouterr().out
-    assert "recall@10" in printed and "ndcg@20" in printed
+def test_cli_runs_sasrec_and_prints_results(fast_run_config, capsys, tmp_path):
+    """The printed table holds the run's numbers: those of `run()` with the same seed, and consistent metrics."""
+    output = tmp_path / "result.json"
+    args = ["--model=SASRec", "--dataset=tiny", f"--json={output}"]
+    assert main(args + [f"--{key}={value}" for key, value in fast_run_config.items()]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    header = printed.index(f"{'metric':<12}{'valid':>10}{'test':>10}")
+    table = {}
+    for line in printed[header + 1 :]:
+        metric, valid, test = line.split()
+        table[metric] = (float(valid), float(test))
+    assert set(table) == {f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20)}
+    written = json.loads(output.read_text())
+    direct = run("SASRec", "tiny", config_dict=fast_run_config)  # same seed, reproducibility on: same numbers
+    for name, result in (("--json", written), ("run()", direct)):
+        for metric, (valid, test) in table.items():
+            assert (valid, test) == (
+                pytest.approx(result["best_valid_result"][metric], abs=5e-5),
+                pytest.approx(result["test_result"][metric], abs=5e-5),
+            ), (name, metric)
+    for column in (0, 1):
+        value = {metric: pair[column] for metric, pair in table.items()}
+        assert all(0.0 <= v <= 1.0 for v in value.values())
+        for m in ("recall", "ndcg"):  # more positions can only find more of the one held-out item
+            assert value[f"{m}@5"] <= value[f"{m}@10"] <= value[f"{m}@20"]
+        for k in (5, 10, 20):  # one relevant item: its NDCG@k is 1/log2(rank + 1) <= 1 when found, 0 otherwise
+            assert value[f"ndcg@{k}"] <= value[f"recall@{k}"]
+    assert table["recall@20"][1] > 0  # a trained model finds some test items among 31
 
 
 def test_cli_unknown_model_and_dataset_are_clear_errors(fast_run_config, capsys):

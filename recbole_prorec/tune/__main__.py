@@ -27,6 +27,7 @@ import os
 import sys
 
 from recbole_prorec.cli import parse_overrides
+from recbole_prorec.options import check_overrides
 from recbole_prorec.tune.plan import SearchSettings
 from recbole_prorec.tune.search import search
 
@@ -67,13 +68,20 @@ def main(argv=None):
         parser.error("--model and --dataset are required (except with --resume)")
     if args.resume and not args.name and not (args.model and args.dataset):
         parser.error("--resume needs --name, or the --model and --dataset of the search")
+    try:  # a value of the wrong type would fail in every trial: refuse it before Ray starts
+        overrides = parse_overrides(extra)
+        if args.model and args.dataset:
+            overrides = check_overrides(args.model, args.dataset, overrides)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     settings = SearchSettings(
         model=args.model or "",
         dataset=args.dataset or "",
         space_file=args.space,
         num_samples=args.num_samples,
         scheduler=args.scheduler,
-        overrides=parse_overrides(extra),
+        overrides=overrides,
         config_files=args.config_files.split() if args.config_files else [],
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,

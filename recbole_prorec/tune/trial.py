@@ -107,7 +107,10 @@ def pin_stage_one(settings, plan, space):
         task_overrides = {**overrides, "gpu_id": _ray_gpu_id()}
         probe = quick_start.build_config(settings.model, settings.dataset, config_files, task_overrides)
         quick_start.ensure_dataset_files(probe)
-        artifact, _ = quick_start.stage_one_artifact(model_class, probe, settings.dataset, config_files, task_overrides)
+        # trained for the search: chosen on validation, so no test evaluation (as in a trial)
+        artifact, _ = quick_start.stage_one_artifact(
+            model_class, probe, settings.dataset, config_files, task_overrides, test=False
+        )
         return artifact
 
     logger.info(f"Training (or reusing) the {model_class.stage_one_model} artifact once for all trials")
