@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from sklearn.metrics import normalized_mutual_info_score
 
 from recbole_prorec.model.tokenizer import CODE_SOURCES
+from recbole_prorec.quantization import quantize
 from recbole_prorec.semantic import read_item_fields
 from recbole_prorec.tokenize import load_tokenizer
 from recbole_prorec.utils import write_atomically
@@ -150,18 +151,29 @@ def plot_table(rows, path, k=10):
     return write_atomically(path, buffer.getvalue())
 
 
+def first_level_codes(model, embeddings):
+    """`[n]` codes of one k-means level over `embeddings [n, d]`, with the model's quantizer options."""
+    options = model.artifact_config
+    return quantize(
+        embeddings, "rkmeans", 1, options["codebook_size"], seed=options["seed"], balanced=options["balanced"]
+    ).codes[:, 0]
+
+
 def analyze(
     model, dataset, code_sources=CODE_SOURCES, k=10, output_dir=None, category_field="categories", category_level=1
 ):
-    """Quantize each code source with the model's quantizer options and tabulate the diagnostic.
+    """Cluster each code source into the model's first-level codes and tabulate the diagnostic.
 
+    The first-level code is one k-means over the whole embedding (residual k-means' first level, with the model's
+    codebook size, seed and balance) whatever the model's quantizer: a product quantizer's first digit sees only a
+    slice of the embedding, so it says nothing about which modality the codes follow.
     ``model`` is a trained PRORecTokenizer. Prints the table; with ``output_dir`` also writes
     ``domination.json`` and ``domination.png`` there. Returns the rows.
     """
     embeddings = {source: model.code_embeddings(source)[1:] for source in code_sources}  # [n, d'] each
     first_codes = {}
     for source, source_embeddings in embeddings.items():
-        first_codes[source] = model.quantize(source_embeddings).codes[:, 0]
+        first_codes[source] = first_level_codes(model, source_embeddings)
     try:
         categories = item_categories(dataset, category_field, category_level)[1:]
     except ValueError as error:  # no category column in this dataset's .item file

@@ -155,7 +155,9 @@ def test_info_nce_ignores_duplicate_targets_as_negatives(bf16):
     # Without the mask rows 0 and 1 would be each other's hardest negatives: a loss of at least log 2 for them.
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         loss = in_batch_info_nce(queries, keys, temperature=0.05)
+        by_id = in_batch_info_nce(queries, keys, temperature=0.05, key_ids=torch.tensor([7, 7, 3]))
     assert loss.dtype == torch.float32 and loss.item() < 1e-3
+    assert by_id.item() == pytest.approx(loss.item(), abs=1e-6)
 
 
 def _explicit_nce(queries, keys, temperature):

@@ -177,7 +177,8 @@ def test_training_end_writes_an_artifact_that_loads_for_the_dataset(trained, mon
     result = model.on_training_end(dataset)
     artifact = ItemCodeArtifact.load(result["path"], dataset=dataset)
     assert result["path"].startswith("saved/cache/artifacts/tiny-PRORecTokenizer-")
-    assert artifact.codes.shape == (dataset.item_num, 4) and (artifact.codes[0] == -1).all()
+    assert artifact.codes.shape == (dataset.item_num, model.artifact_config["code_levels"] + 1)
+    assert (artifact.codes[0] == -1).all() and artifact.config["quantizer"] == "pq"
     assert artifact.embeddings.shape == (dataset.item_num, 64)
     assert artifact.config["code_source"] == "integrated" and artifact.config["codebook_size"] == 4
     assert result["stats"]["collision_rate_after"] == 0.0
@@ -191,7 +192,12 @@ def test_training_end_writes_an_artifact_that_loads_for_the_dataset(trained, mon
 
 def test_unsupported_options_are_rejected(trained):
     config, dataset = trained["config"], trained["dataset"]
-    for key, value, message in [("code_source", "text", "code_source must be"), ("loss_type", "BPR", "loss_type 'CE'")]:
+    cases = [
+        ("code_source", "text", "code_source must be"),
+        ("loss_type", "BPR", "loss_type 'CE'"),
+        ("code_levels", 65, r"\(64 wide\) into code_levels=65 digits: set code_levels between 1 and 64"),
+    ]
+    for key, value, message in cases:
         original = config[key]
         config[key] = value
         try:

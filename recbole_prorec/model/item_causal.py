@@ -155,20 +155,35 @@ class CodeHead(nn.Module):
         return logits.float().log_softmax(-1)
 
     @torch.no_grad()
-    def start_from_item_embeddings(self, item_embeddings, item_codes):
-        """Set level l's output vector of code k to the mean of `item_embeddings` over the items whose level-l code
-        is k (`item_codes [item_num, L]`, padding rows -1), biases to 0: with states from a model that scores items
-        by `state . embedding`, the untrained head then scores codes the same way (parallel head only)."""
+    def start_from_item_embeddings(self, item_embeddings, item_codes, sweeps=10):
+        """Fit the code vectors so that each item's summed code vector approximates its stage-1 embedding, biases 0.
+
+        Least squares `min_W sum_i |e_i - sum_l W_l[c_l(i)]|^2` over the real items (`item_codes [item_num, L]`,
+        padding rows -1), solved by backfitting: level by level, each code vector becomes the mean residual of its
+        items given the other levels, `sweeps` times. The first sweep's first level is the mean item embedding of
+        each code. With states from a model that scores items by `state . e_i` (the warm-started SASRec), the
+        untrained head then ranks items close to how stage 1 does, instead of from random vectors (parallel head
+        only).
+        """
         if self.autoregressive:
             raise ValueError("starting the code head from item embeddings needs the parallel code head")
         real = (item_codes >= 0).all(1)
         embeddings, codes = item_embeddings[real].float(), item_codes[real]
-        for level, size in enumerate(self.codebook_sizes):
-            sums = embeddings.new_zeros(size, embeddings.shape[1]).index_add_(0, codes[:, level], embeddings)
-            counts = torch.bincount(codes[:, level], minlength=size).clamp(min=1).unsqueeze(1)
-            start = int(self.level_starts[level])
-            self.output.weight[start : start + size] = sums / counts
-            self.output.bias[start : start + size] = 0
+        tokens = codes + self.level_starts  # [n, L] rows of `output`
+        weight = embeddings.new_zeros(self.output.weight.shape)
+        counts = torch.bincount(tokens.flatten(), minlength=weight.shape[0]).clamp(min=1).unsqueeze(1)
+        fitted = embeddings.new_zeros(embeddings.shape)  # sum_l W_l[c_l(i)]
+        for _ in range(sweeps):
+            for level in range(self.num_levels):
+                rows = tokens[:, level]
+                residual = embeddings - fitted + weight[rows]  # what level l should explain
+                updated = weight.new_zeros(weight.shape).index_add_(0, rows, residual) / counts
+                fitted += updated[rows] - weight[rows]
+                start = int(self.level_starts[level])
+                end = start + self.codebook_sizes[level]
+                weight[start:end] = updated[start:end]
+        self.output.weight.copy_(weight)
+        self.output.bias.zero_()
 
     def code_log_probs(self, state, codes):
         """Teacher-forced `state [N, d]`, `codes [N, L]` -> `[N, L]` log-probability of each code."""

@@ -16,18 +16,22 @@ from torch import nn
 from recbole_prorec.model.tiger import TIGER
 
 
-def in_batch_info_nce(queries, keys, temperature):
+def in_batch_info_nce(queries, keys, temperature, key_ids=None):
     """InfoNCE of `queries [B, d]` against `keys [B, d]` (row b is b's positive, the other rows its negatives).
 
     Both sides are L2-normalised (cosine similarity). Rows whose key equals b's key (the same target item, or
-    an identical history) are not counted as b's negatives: they would be false negatives. Computed in float32
-    even under autocast, so that equal keys are recognised.
+    an identical history) are not counted as b's negatives: they would be false negatives. `key_ids [B]`, when
+    given, says which keys are equal (the target items: an integer compare instead of a [B, B] float one).
+    Computed in float32 even under autocast, so that equal keys are recognised; the temperature is folded into
+    the queries, so the [B, B] logits need no division.
     """
     with torch.autocast(keys.device.type, enabled=False):
-        queries, keys = F.normalize(queries.float(), dim=-1), F.normalize(keys.float(), dim=-1)
-        logits = queries @ keys.T / temperature  # [B, B]
-        duplicate = (keys @ keys.T > 1 - 1e-6) & ~torch.eye(len(keys), dtype=torch.bool, device=keys.device)
-        return F.cross_entropy(logits.masked_fill(duplicate, -torch.inf), torch.arange(len(keys), device=keys.device))
+        queries = F.normalize(queries.float(), dim=-1) / temperature
+        keys = F.normalize(keys.float(), dim=-1)
+        logits = queries @ keys.T  # [B, B]
+        duplicate = keys @ keys.T > 1 - 1e-6 if key_ids is None else key_ids.unsqueeze(1) == key_ids.unsqueeze(0)
+        duplicate.fill_diagonal_(False)
+        return F.cross_entropy(logits.masked_fill_(duplicate, -torch.inf), torch.arange(len(keys), device=keys.device))
 
 
 class PRORec(TIGER):
@@ -108,7 +112,7 @@ class PRORec(TIGER):
             if self.item_projection is not None:
                 key = self.integrated_embeddings[step.target_items]
                 loss = loss + self.kd_item_weight * in_batch_info_nce(
-                    self.item_projection(step.target_state), key, self.kd_temperature
+                    self.item_projection(step.target_state), key, self.kd_temperature, key_ids=step.target_items
                 )
             if self.history_projection is not None:
                 history = step.history_items  # [N, T], 0 = not seen (zero embedding)

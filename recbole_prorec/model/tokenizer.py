@@ -217,6 +217,22 @@ class PRORecTokenizer(SASRec):
             config["adaptation"],
             self.layer_norm_eps,
         )
+        self.check_code_width()
+
+    def check_code_width(self):
+        """Product quantization cuts the embedding into `code_levels` slices: refuse, before training, a width it
+        cannot cut (the error would otherwise come only when training ends)."""
+        options = self.artifact_config
+        if options["quantizer"] != "pq":
+            return
+        semantic = self.semantic_embedding.shape[1]
+        widths = {"integrated": self.hidden_size, "collaborative": self.hidden_size, "semantic": semantic}
+        width = widths.get(self.code_source, self.hidden_size + semantic)
+        if not 1 <= options["code_levels"] <= width:
+            raise ValueError(
+                f"quantizer 'pq' cuts the {self.code_source} embeddings ({width} wide) into code_levels="
+                f"{options['code_levels']} digits: set code_levels between 1 and {width}"
+            )
 
     def adapted_semantic(self, items=None):
         """A(E_S[items] | E_C[items]) ``[N, d]``; all items when ``items`` is None."""
