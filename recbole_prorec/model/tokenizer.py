@@ -223,7 +223,7 @@ class PRORecTokenizer(SASRec):
         """Product quantization cuts the embedding into `code_levels` slices: refuse, before training, a width it
         cannot cut (the error would otherwise come only when training ends)."""
         options = self.artifact_config
-        if options["quantizer"] != "pq":
+        if options.get("quantizer") != "pq":  # SemConvTokenizer has its own quantizer
             return
         semantic = self.semantic_embedding.shape[1]
         widths = {"integrated": self.hidden_size, "collaborative": self.hidden_size, "semantic": semantic}
