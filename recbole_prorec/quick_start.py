@@ -313,6 +313,14 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"], callback_fn=record_epoch
     )
+    chosen = None
+    if hasattr(recommender, "choose_on_validation"):  # options chosen on validation (e.g. PRORec's fusion weight)
+        if saved:
+            checkpoint.load_checkpoint(trainer.saved_model_file, recommender)
+        valid_metric = config["valid_metric"].lower()
+        chosen = recommender.choose_on_validation(
+            lambda: trainer.evaluate(valid_data, load_best_model=False, show_progress=False)[valid_metric]
+        )
     test_start = time.perf_counter()
     test_result = (
         trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"]) if test else {}
@@ -355,6 +363,8 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
         "bf16": getattr(recommender, "bf16", None),  # resolved (`auto` follows the hardware)
         "saved_model_file": trainer.saved_model_file if saved else None,
     }
+    if chosen is not None:
+        result["chosen_on_validation"] = chosen
     if hasattr(recommender, "on_training_end"):
         result["artifact"] = recommender.on_training_end(train_data.dataset)
         if "path" in result["artifact"]:  # a stage-1 model: its result stays beside the artifact it wrote

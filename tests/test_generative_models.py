@@ -12,9 +12,9 @@ from recbole.utils import init_seed
 
 from recbole_prorec import semantic, tokenize
 from recbole_prorec.model.item_causal import SequenceEncoder
-from recbole_prorec.model.prorec import PRORec, in_batch_info_nce
+from recbole_prorec.model.prorec import FUSION_WEIGHTS, PRORec, in_batch_info_nce
 from recbole_prorec.model.tiger import TIGER, build_semantic_artifact
-from recbole_prorec.quantization import ItemCodeArtifact, quantize
+from recbole_prorec.quantization import ItemCodeArtifact, quantize, recorded_digest
 from recbole_prorec.quick_start import build_config, cached_stage_one_result, run
 
 TINY_MODEL = {
@@ -253,6 +253,16 @@ def test_prorec_run_trains_the_tokenizer_first_then_reuses_its_artifact(fast_run
     assert first["stage_one"]["model"] == "PRORecTokenizer" and first["stage_one"]["artifact"]["path"]
     assert set(first["test_result"]) == set(first["stage_one"]["test_result"])
     assert first["artifact"]["stats"]["collision_rate_after"] == 0.0  # stage 2 reports the codes it generated over
+    assert first["artifact"]["codes_from"] == first["stage_one"]["artifact"]["path"]
+    assert first["artifact"]["sha256"] == recorded_digest(first["stage_one"]["artifact"]["path"])
+    # Fusion weight chosen on validation after training: training (validated at w = 0) is the plain run's
+    fused = run("PRORec", "tiny", config_dict={**overrides, "stage_one_fusion": "auto"})
+    assert [score for _, score, _ in fused["valid_curve"]] == [score for _, score, _ in first["valid_curve"]]
+    chosen = fused["chosen_on_validation"]
+    assert sorted(chosen["valid_scores"]) == list(FUSION_WEIGHTS)
+    assert chosen["valid_scores"][chosen["stage_one_fusion"]] == max(chosen["valid_scores"].values())
+    assert chosen["valid_scores"][0.0] == pytest.approx(first["best_valid_score"])
+    assert "chosen_on_validation" not in first
     second = run("PRORec", "tiny", config_dict=overrides)
     # The cached artifact was found: no second tokenizer training, but its result is still reported.
     assert second["stage_one"]["reused"] and second["stage_one"]["test_result"] == first["stage_one"]["test_result"]

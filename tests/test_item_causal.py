@@ -234,3 +234,15 @@ def test_warm_started_code_head_fits_each_items_stage_one_embedding(fast_run_con
     assert head.output.bias.abs().sum() == 0
     with pytest.raises(ValueError, match="parallel code head"):
         prepared(PRORec, fast_run_config, warm_start_head=True, code_head="autoregressive", item_loss_weight=0)
+
+
+def test_fusion_weight_auto_takes_the_best_validation_score_and_the_smaller_weight_on_ties(fast_run_config):
+    _, model, _ = prepared(PRORec, fast_run_config, stage_one_fusion="auto")
+    assert model.stage_one_encoder is not None and model.stage_one_fusion == 0.0
+    scores = {0.0: 0.1, 0.1: 0.2, 0.2: 0.3, 0.3: 0.3, 0.4: 0.25}
+    chosen = model.choose_on_validation(lambda: scores.get(model.stage_one_fusion, 0.0))
+    assert chosen["stage_one_fusion"] == model.stage_one_fusion == 0.2
+    _, plain, _ = prepared(PRORec, fast_run_config)
+    assert plain.choose_on_validation(lambda: 1.0) is None and plain.stage_one_encoder is None
+    with pytest.raises(ValueError, match="stage_one_fusion must be 'auto' or in"):
+        prepared(PRORec, fast_run_config, stage_one_fusion="half")

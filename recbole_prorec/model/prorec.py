@@ -34,6 +34,9 @@ def in_batch_info_nce(queries, keys, temperature, key_ids=None):
         return F.cross_entropy(logits.masked_fill_(duplicate, -torch.inf), torch.arange(len(keys), device=keys.device))
 
 
+FUSION_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # stage_one_fusion: auto tries each on validation
+
+
 class PRORec(TIGER):
     r"""Generative recommender over stage-1 codes, with the paper's intra-modality knowledge distillation.
 
@@ -61,9 +64,10 @@ class PRORec(TIGER):
 
     Stage 1 beyond its codes (`item_causal` layout; the artifact carries the tokenizer's SASRec encoder):
     `warm_start` initialises the sequence encoder, item-ID embeddings included, from it (and with
-    `warm_start_head` the parallel code head from the mean stage-1 item embedding of each code); `stage_one_fusion`
+    `warm_start_head` the parallel code head from a least-squares fit of stage-1 item embeddings); `stage_one_fusion`
     = w > 0 ranks by `(1 - w) * log p(codes) + w * log_softmax(stage-1 scores)` with a frozen copy of the
-    stage-1 model, a score fusion that benchmarks must label as such, not as PRORec alone.
+    stage-1 model, a score fusion that benchmarks must label as such, not as PRORec alone; `auto` chooses w on
+    validation after training (`choose_on_validation`), never on test.
     """
 
     stage_one_model = "PRORecTokenizer"
@@ -73,7 +77,9 @@ class PRORec(TIGER):
         self.kd_item_weight = config["kd_item_weight"]
         self.kd_history_weight = config["kd_history_weight"]
         self.kd_temperature = config["kd_temperature"]
-        self.stage_one_fusion = config["stage_one_fusion"] or 0.0
+        fusion = config["stage_one_fusion"] or 0.0
+        self.fusion_on_validation = fusion == "auto"  # quick_start.run calls choose_on_validation after training
+        self.stage_one_fusion = 0.0 if self.fusion_on_validation else fusion
         embeddings = torch.from_numpy(self.artifact.embeddings)  # [item_num, d_e], row 0 = pad (zeros)
         self.register_buffer("integrated_embeddings", embeddings, persistent=False)
         d_embedding = embeddings.shape[1]
@@ -82,7 +88,7 @@ class PRORec(TIGER):
         for projection in (self.item_projection, self.history_projection):
             if projection is not None:
                 projection.apply(self._init_weights)
-        stage_one_options = {"warm_start": config["warm_start"], "stage_one_fusion": self.stage_one_fusion}
+        stage_one_options = {"warm_start": config["warm_start"], "stage_one_fusion": config["stage_one_fusion"]}
         used = [key for key, value in stage_one_options.items() if value]
         if used and self.layout != "item_causal":
             raise ValueError(
@@ -98,10 +104,11 @@ class PRORec(TIGER):
             if config["warm_start_head"]:
                 self.code_head.start_from_item_embeddings(self.sequence_encoder.item_embedding.weight, self.item_codes)
         self.stage_one_encoder = None
-        if self.stage_one_fusion > 0:
-            if not 0 < self.stage_one_fusion < 1:
-                raise ValueError(f"stage_one_fusion must be in [0, 1), got {self.stage_one_fusion}")
-            self.stage_one_encoder = self.build_sequence_encoder(config, item_embedding=True)
+        if self.fusion_on_validation or self.stage_one_fusion != 0:
+            if isinstance(self.stage_one_fusion, str) or not 0 <= self.stage_one_fusion < 1:
+                raise ValueError(f"stage_one_fusion must be 'auto' or in [0, 1), got {self.stage_one_fusion!r}")
+            with torch.random.fork_rng():  # its random init is overwritten: training draws as without fusion
+                self.stage_one_encoder = self.build_sequence_encoder(config, item_embedding=True)
             self.stage_one_encoder.load_stage_one(self.artifact.encoder, source)
             self.stage_one_encoder.requires_grad_(False)
 
@@ -121,6 +128,19 @@ class PRORec(TIGER):
                     self.history_projection(step.history_state), key, self.kd_temperature
                 )
         return loss
+
+    def choose_on_validation(self, validate):
+        """With `stage_one_fusion: auto`, the fusion weight with the best validation score (`validate()` -> the
+        valid metric, higher is better) among `FUSION_WEIGHTS`, ties to the smaller weight; it stays set for the
+        test. Returns `{"stage_one_fusion": w, "valid_scores": {w: score}}`, or None without `auto`."""
+        if not self.fusion_on_validation:
+            return None
+        scores = {}
+        for weight in FUSION_WEIGHTS:
+            self.stage_one_fusion = weight
+            scores[weight] = validate()
+        self.stage_one_fusion = max(FUSION_WEIGHTS, key=lambda weight: (scores[weight], -weight))
+        return {"stage_one_fusion": self.stage_one_fusion, "valid_scores": scores}
 
     def stage_one_log_probs(self, interaction):
         """The frozen stage-1 model's log-softmax over every item `[B, n_items]` (score fusion)."""
