@@ -7,6 +7,7 @@ import pathlib
 import pytest
 import torch
 from conftest import write_tiny_dataset
+from test_cli_pipeline import STAGE_ONE
 from test_tokenizer import FakeEncoder
 
 from recbole_prorec import cli, evaluate, semantic, tokenize
@@ -105,15 +106,7 @@ def test_evaluate_checks_its_overrides_types(sasrec_checkpoint, capsys):
 @pytest.fixture
 def tokenizer_checkpoint(fast_run_config, monkeypatch):
     monkeypatch.setattr(semantic, "load_sentence_encoder", lambda name, device="cpu": FakeEncoder())
-    settings = {
-        **fast_run_config,
-        "semantic_model": "fake",
-        "text_fields": ["title", "brand", "categories"],
-        "code_levels": 2,
-        "codebook_size": 4,
-        "hidden_size": 16,
-        "inner_size": 32,
-    }
+    settings = {**fast_run_config, **STAGE_ONE}
     return pathlib.Path(run("PRORecTokenizer", "tiny", config_dict=settings)["saved_model_file"]), settings
 
 

@@ -360,7 +360,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(checkpoint, tmp_path):
         precache(tmp_path / "junk.pth", store)
     with pytest.raises(PrecacheError, match=r"k \(500\) is larger than the number of items \(30\)"):
         precache(checkpoint, store, k=500)
-    with pytest.raises(PrecacheError, match=r"k must be >= 1, got 0"):
+    with pytest.raises(PrecacheError, match=r"k must be an integer >= 1, got 0"):
         precache(checkpoint, store, k=0)
     assert not store.exists()
     (tmp_path / "corrupt.sqlite").write_bytes(b"garbage" * 100)

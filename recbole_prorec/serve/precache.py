@@ -26,6 +26,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from tqdm import tqdm
 
 from recbole_prorec.serve.store import StoreError, store_lock, update_store, write_store
+from recbole_prorec.serve.store import positive_int as store_positive_int
 from recbole_prorec.utils import data_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -47,13 +48,7 @@ def file_sha256(path):
 
 def positive_int(name, value):
     """`value` as an int >= 1, or a `PrecacheError` naming the option."""
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise PrecacheError(f"{name} must be an integer >= 1, got {value!r}") from None
-    if number < 1:
-        raise PrecacheError(f"{name} must be >= 1, got {number}")
-    return number
+    return store_positive_int(name, value, PrecacheError)
 
 
 def provenance(checkpoint, config):

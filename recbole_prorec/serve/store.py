@@ -44,6 +44,17 @@ class StoreError(ValueError):
     """A store file that is missing, not SQLite, of another schema version, or lacks a user's row."""
 
 
+def positive_int(name, value, error=ValueError):
+    """`value` as an int >= 1, or `error` naming the option (counts of items, users, batch rows)."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise error(f"{name} must be an integer >= 1, got {value!r}") from None
+    if number < 1:
+        raise error(f"{name} must be an integer >= 1, got {number}")
+    return number
+
+
 class Recommendations(NamedTuple):
     user: str
     items: list
@@ -290,13 +301,7 @@ class RecommendationStore:
 
     def top_k(self, user, k=None):
         """The user's top `k` (default: all stored); an unknown user gets the most popular items, flagged."""
-        k = self.meta["k"] if k is None else k
-        try:
-            k = operator.index(k)
-        except TypeError:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}") from None
-        if k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        k = positive_int("k", self.meta["k"] if k is None else k)
         row = self.connection.execute(
             "SELECT items, scores FROM recommendations WHERE user = ?", (str(user),)
         ).fetchone()
