@@ -240,6 +240,21 @@ def test_tiger_builds_and_caches_its_semantic_artifact(fast_run_config, monkeypa
     assert build_semantic_artifact(dataset, make_config(TIGER, fast_run_config, **overrides, seed=7)) != path
 
 
+def test_tiger_product_quantizes_its_text_embeddings_into_long_codes(fast_run_config, monkeypatch):
+    monkeypatch.setattr(semantic, "load_sentence_encoder", lambda name, device="cpu": FakeEncoder())
+    overrides = {"semantic_model": "fake", "semantic_quantizer": "pq", "pq_digits": 4, "pq_codebook_size": 4}
+    config = make_config(TIGER, fast_run_config, **overrides)
+    dataset = create_dataset(config)
+    path = build_semantic_artifact(dataset, config)
+    artifact = ItemCodeArtifact.load(path, dataset)
+    assert artifact.codes.shape == (dataset.item_num, 5) and artifact.config["method"] == "pq"
+    assert "-TIGER-pq-" in path and artifact.stats["collision_rate_after"] == 0.0
+    with pytest.raises(ValueError, match="semantic_quantizer must be one of"):
+        build_semantic_artifact(
+            dataset, make_config(TIGER, fast_run_config, **overrides | {"semantic_quantizer": "opq"})
+        )
+
+
 def test_prorec_run_trains_the_tokenizer_first_then_reuses_its_artifact(fast_run_config, monkeypatch):
     monkeypatch.setattr(semantic, "load_sentence_encoder", lambda name, device="cpu": FakeEncoder())
     overrides = {

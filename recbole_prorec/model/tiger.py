@@ -34,18 +34,36 @@ from recbole_prorec.utils import cache_dir, data_fingerprint, settings_digest
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("item_causal", "seq2seq")
+SEMANTIC_QUANTIZERS = ("rqvae", "pq")
 
 
 def semantic_artifact_settings(dataset, config):
-    """Everything that decides TIGER's RQ-VAE codes, as a JSON-ready dict (the cache key)."""
+    """Everything that decides TIGER's item codes, as a JSON-ready dict (the cache key).
+
+    `semantic_quantizer` 'rqvae' is TIGER's RQ-VAE (`rqvae_*` options); 'pq' cuts the same text embeddings into
+    `pq_digits` product-quantized digits (RPG's long codes, `pq_*` options).
+    """
+    method = config["semantic_quantizer"] or "rqvae"
+    if method not in SEMANTIC_QUANTIZERS:
+        raise ValueError(f"semantic_quantizer must be one of {SEMANTIC_QUANTIZERS}, got {method!r}")
     item_tokens = "\n".join(str(t) for t in dataset.field2id_token[dataset.iid_field])
-    return {
+    settings = {
         "dataset": config["dataset"],
         "items_sha1": hashlib.sha1(item_tokens.encode()).hexdigest(),
         "data_sha256": data_fingerprint(config),
         "text_fields": list(config["text_fields"] or []),
         "semantic_model": config["semantic_model"],
-        "method": "rqvae",
+        "method": method,
+    }
+    if method == "pq":
+        return {
+            **settings,
+            "levels": config["pq_digits"],
+            "codebook_size": config["pq_codebook_size"],
+            "seed": config["seed"],
+        }
+    return {
+        **settings,
         "levels": config["rqvae_levels"],
         "codebook_size": config["rqvae_codebook_size"],
         "rqvae_kwargs": dict(config["rqvae_kwargs"] or {}),
@@ -54,26 +72,28 @@ def semantic_artifact_settings(dataset, config):
 
 
 def build_semantic_artifact(dataset, config):
-    """TIGER's item codes: RQ-VAE over the items' semantic embeddings, cached; returns the artifact path prefix.
+    """TIGER's item codes: RQ-VAE (or product quantization) of the items' semantic embeddings, cached; returns the
+    artifact path prefix.
 
     The artifact lives under `cache_dir(config)/artifacts/` named by dataset and a hash of
     `semantic_artifact_settings`, so a second run (or a run with only training options changed) reuses it.
     Its `embeddings` are the semantic embeddings that were quantized.
     """
     settings = semantic_artifact_settings(dataset, config)
-    path = cache_dir(config) / "artifacts" / f"{config['dataset']}-TIGER-rqvae-{settings_digest(settings)}"
+    method = settings["method"]
+    path = cache_dir(config) / "artifacts" / f"{config['dataset']}-TIGER-{method}-{settings_digest(settings)}"
     if path.with_name(path.name + ".npz").is_file() and path.with_name(path.name + ".json").is_file():
         logger.info(f"Reusing TIGER's semantic-ID artifact {path}")
         return str(path)
-    logger.info(f"Building TIGER's semantic-ID artifact {path} (RQ-VAE over semantic embeddings)")
+    logger.info(f"Building TIGER's semantic-ID artifact {path} ({method} over semantic embeddings)")
     embeddings = semantic_embeddings(dataset, config)  # [item_num, d], row 0 = pad
     result = quantize(
         embeddings[1:],
-        method="rqvae",
+        method=method,
         levels=settings["levels"],
         codebook_size=settings["codebook_size"],
         seed=settings["seed"],
-        rqvae_kwargs=settings["rqvae_kwargs"],
+        rqvae_kwargs=settings.get("rqvae_kwargs"),
     )
     item_tokens = dataset.field2id_token[dataset.iid_field]
     ItemCodeArtifact.from_quantization(result, item_tokens, embeddings.numpy(), settings).save(path)
