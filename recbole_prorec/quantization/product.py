@@ -30,8 +30,8 @@ def embedding_slices(dim, digits):
 def product_quantize(x, digits, k, seed=0, n_iter=50):
     """Quantize `x [n, d]` (standardised first) into `digits` codes of `k` centroids each.
 
-    Returns `(codes [n, digits] long, reconstruction [n, d])`, the reconstruction in the standardised space.
-    `k` is lowered to `n` when there are fewer points than codes.
+    Returns `(codes [n, digits] long, reconstruction error)`, the error a mean squared error per coordinate in the
+    standardised space. `k` is lowered to `n` when there are fewer points than codes.
     """
     x = standardize(x.float())
     k = min(k, x.shape[0])
@@ -41,4 +41,4 @@ def product_quantize(x, digits, k, seed=0, n_iter=50):
         centroids, assign = kmeans(x[:, part].contiguous(), k, generator, n_iter=n_iter)
         codes.append(assign)
         reconstruction[:, part] = centroids[assign]
-    return torch.stack(codes, 1), reconstruction
+    return torch.stack(codes, 1), torch.nn.functional.mse_loss(reconstruction, x).item()

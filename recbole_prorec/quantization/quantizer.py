@@ -9,7 +9,7 @@ import torch
 
 from .collisions import add_collision_level, collision_index, collision_rate
 from .kmeans import reconstruct, residual_kmeans
-from .product import product_quantize, standardize
+from .product import product_quantize
 from .rqvae import RQVAEConfig, train_rqvae
 from .stats import code_usage
 
@@ -64,8 +64,8 @@ def quantize(embeddings, method="rkmeans", levels=3, codebook_size=256, seed=0, 
     elif method == "pq":
         if balanced:
             raise ValueError("balanced k-means applies to method 'rkmeans' and 'rqvae' only, not 'pq'")
-        codes, approximation = product_quantize(x, levels, codebook_size, seed=seed)
-        errors = {"reconstruction_error": torch.nn.functional.mse_loss(approximation, standardize(x)).item()}
+        codes, error = product_quantize(x, levels, codebook_size, seed=seed)
+        errors = {"reconstruction_error": error}
         used_size = min(codebook_size, x.shape[0])
     else:
         model, history = train_rqvae(x, levels, codebook_size, seed, balanced, RQVAEConfig(**(rqvae_kwargs or {})))
