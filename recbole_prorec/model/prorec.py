@@ -153,15 +153,19 @@ class PRORec(TIGER):
         """`(1 - w) * log p(codes) + w * stage-1 log-probs`, w = `stage_one_fusion`."""
         return (1 - self.stage_one_fusion) * scores.float() + self.stage_one_fusion * stage_one
 
+    def fuses(self):
+        """Whether scores mix in stage 1 now (with `auto`, w is 0 while training validates: nothing to compute)."""
+        return self.stage_one_encoder is not None and self.stage_one_fusion != 0
+
     def predict(self, interaction):
         scores = super().predict(interaction)  # [B]
-        if self.stage_one_encoder is None:
+        if not self.fuses():
             return scores
         stage_one = self.stage_one_log_probs(interaction).gather(1, interaction[self.ITEM_ID].unsqueeze(1))
         return self.fuse(scores, stage_one.squeeze(1))
 
     def full_sort_predict(self, interaction):
         scores = super().full_sort_predict(interaction)  # [B, n_items]
-        if self.stage_one_encoder is None:
+        if not self.fuses():
             return scores
         return self.fuse(scores, self.stage_one_log_probs(interaction))
