@@ -108,9 +108,15 @@ def test_item_logits_rank_as_the_exact_code_scores(fast_run_config):
     torch.testing.assert_close(gap, gap[:, :1].expand_as(gap))
 
 
-@pytest.mark.parametrize("weight", [0.0, 0.7])
-def test_item_loss_adds_the_cross_entropy_of_the_target_among_every_item(fast_run_config, weight):
-    options = {**DETERMINISTIC, "kd_item_weight": 0, "kd_history_weight": 0, "item_loss_weight": weight}
+@pytest.mark.parametrize("weight, code_weight", [(0.0, 1.0), (0.7, 1.0), (0.7, 0.0)])
+def test_item_loss_adds_the_cross_entropy_of_the_target_among_every_item(fast_run_config, weight, code_weight):
+    options = {
+        **DETERMINISTIC,
+        "kd_item_weight": 0,
+        "kd_history_weight": 0,
+        "item_loss_weight": weight,
+        "code_loss_weight": code_weight,
+    }
     _, model, (train_data, _, _) = prepared(PRORec, fast_run_config, **options)
     batch = next(iter(train_data))
     with torch.no_grad():
@@ -118,7 +124,13 @@ def test_item_loss_adds_the_cross_entropy_of_the_target_among_every_item(fast_ru
         step = model.generation_step(batch)
         full = model.code_head.all_item_scores(step.target_state, model.item_codes)  # [N, item_num]
         item_ce = -full.log_softmax(-1).gather(1, step.target_items.unsqueeze(1)).mean()
-    assert loss.item() == pytest.approx((-step.code_log_probs.mean() + weight * item_ce).item(), rel=1e-4)
+    expected = -code_weight * step.code_log_probs.mean() + weight * item_ce
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_a_generation_loss_of_zero_weights_is_refused(fast_run_config):
+    with pytest.raises(ValueError, match="code_loss_weight 0 leaves no generation loss"):
+        prepared(TIGER, fast_run_config, code_loss_weight=0, item_loss_weight=0)
 
 
 @pytest.mark.parametrize("layout", BEAM_LAYOUTS, ids=["seq2seq", "autoregressive_head"])

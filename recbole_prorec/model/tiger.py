@@ -143,8 +143,14 @@ class TIGER(SequentialRecommender):
             )
         self.bf16 = resolve_bf16(config["bf16"], config["device"])
         self.item_loss_weight = config["item_loss_weight"] or 0.0
-        if self.item_loss_weight < 0:
-            raise ValueError(f"item_loss_weight must be >= 0, got {self.item_loss_weight}")
+        self.code_loss_weight = 1.0 if config["code_loss_weight"] is None else config["code_loss_weight"]
+        if self.item_loss_weight < 0 or self.code_loss_weight < 0:
+            raise ValueError(
+                "item_loss_weight and code_loss_weight must be >= 0, "
+                f"got {self.item_loss_weight} and {self.code_loss_weight}"
+            )
+        if not self.item_loss_weight and not self.code_loss_weight:
+            raise ValueError("code_loss_weight 0 leaves no generation loss: set item_loss_weight > 0 with it")
         if self.item_loss_weight and (config["layout"] != "item_causal" or config["code_head"] != "parallel"):
             raise ValueError(
                 "item_loss_weight > 0 needs layout 'item_causal' with code_head 'parallel' (one softmax over every "
@@ -283,8 +289,9 @@ class TIGER(SequentialRecommender):
         return GenerationStep(log_probs, target_items, state, state, visible_history(item_seq)[predicted])
 
     def generation_loss(self, step):
-        """Per-level code cross-entropy, plus `item_loss_weight` x cross-entropy of the target among every item."""
-        loss = -step.code_log_probs.mean()
+        """`code_loss_weight` x per-level code cross-entropy + `item_loss_weight` x cross-entropy of the target among
+        every item."""
+        loss = -self.code_loss_weight * step.code_log_probs.mean()
         if self.item_loss_weight:
             logits = self.code_head.item_logits(step.target_state, self.item_codes).float()  # [N, item_num]
             loss = loss + self.item_loss_weight * F.cross_entropy(logits, step.target_items)
