@@ -250,6 +250,8 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
     stage_one_result = None
     if getattr(model_class, "stage_one_model", None):
         probe = build_config(model_class, dataset, config_file_list, config_dict)
+        if hasattr(model_class, "check_config"):  # options the model refuses fail now, not after stage 1 trained
+            model_class.check_config(probe)
         ensure_dataset_files(probe)
         artifact, stage_one_result = stage_one_artifact(
             model_class, probe, dataset, config_file_list, config_dict, test=test

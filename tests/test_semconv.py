@@ -17,7 +17,14 @@ from test_serve import model_top_k
 
 from recbole_prorec import semantic
 from recbole_prorec.model import semconv
-from recbole_prorec.model.semconv import CODEBOOKS, SemConv, item_queries, item_token_names, ordinary_token_ids
+from recbole_prorec.model.semconv import (
+    CODEBOOKS,
+    SemConv,
+    check_unsupported_options,
+    item_queries,
+    item_token_names,
+    ordinary_token_ids,
+)
 from recbole_prorec.quantization import ItemCodeArtifact, resolve_in_last_level
 from recbole_prorec.quantization.token_space import quantize_in_token_space
 from recbole_prorec.quick_start import build_config, create_model_dataset, run
@@ -113,6 +120,85 @@ def test_four_unique_tokens_per_item_from_codebooks_in_token_space(language_mode
     # tied code vectors stay near token rows: far closer than rows are to random points of the same scale
     nearest = torch.cdist(codebooks.reshape(-1, rows.shape[1]), rows).min(1).values
     assert nearest.mean() < torch.cdist(torch.randn(32, rows.shape[1]) * rows.std(), rows).min(1).values.mean()
+
+
+def clustered_embeddings(n=400, d=32, clusters=100, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((clusters, d))
+    return (centers[rng.integers(0, clusters, n)] + 0.5 * rng.standard_normal((n, d))).astype(np.float32)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_tied_codebooks_use_their_codes_stay_near_their_token_rows_and_the_loss_falls(language_model, tied):
+    """Issue 32: token rows far smaller than the latents (here a tenth of MiniLM's, norm ~0.11) used to leave most
+    codes unused (pinned on rows away from the data) with a rising loss; the tie is now scale-free."""
+    rows = token_rows(language_model)[:5000] * 0.1
+    options = {"hidden_dims": [64], "epochs": 15, "batch_size": 128, "beta": 1.0, "show_progress": False}
+    result, codebooks = quantize_in_token_space(clustered_embeddings(), rows, 4, 16, tied=tied, rqvae_kwargs=options)
+    stats = result.stats
+    assert min(stats["utilization"]) >= 0.9 and min(stats["utilization_last_epoch"]) >= 0.9  # before the last reseed
+    assert stats["loss_last_epoch"] < stats["loss_first_epoch"]
+    for key in ("token_scale_per_level", "token_distance_per_level", "token_cosine_per_level", "perplexity"):
+        assert len(stats[key]) == 4
+    if tied:
+        assert min(stats["token_scale_per_level"]) > 2  # latent units per token unit: the latents are far larger
+        # every code is nearer its own token row than token rows are to one another, and points its way
+        assert max(stats["token_distance_per_level"]) < stats["token_row_gap"]
+        assert min(stats["token_cosine_per_level"]) > 0.8
+        assert codebooks.norm(dim=-1).mean() < 2 * rows.norm(dim=-1).mean()  # handed to the LM in token units
+
+
+def test_negative_loss_reads_the_generation_steps_log_probs(tiny_semconv, monkeypatch):
+    """NEG reuses the per-level log-softmax the generation step computed: same value, half the head's work."""
+    model, batch, _ = tiny_semconv(seq_weight=1.0, text_weight=0.0, query_weight=0.0, neg_weight=0.5)
+    model.eval()
+    head = model.code_head
+    with torch.no_grad():
+        step = model.generation_step(batch)
+        torch.manual_seed(0)
+        reused = model.negative_loss(step.target_state, step.target_items, step.level_log_probs)
+        torch.manual_seed(0)  # the computation before: every level's log-softmax again, from the state
+        negatives = torch.randint(1, model.n_items, (step.target_items.shape[0], model.num_negatives))
+        codes = model.item_codes[torch.cat([step.target_items.unsqueeze(1), negatives], 1)]
+        state = step.target_state
+        scores = sum(head.level_log_probs(state, None, level).gather(1, codes[..., level]) for level in range(4))
+        scores = scores.masked_fill(
+            torch.nn.functional.pad(negatives == step.target_items.unsqueeze(1), (1, 0)), -torch.inf
+        )
+        recomputed = torch.nn.functional.cross_entropy(scores, torch.zeros_like(step.target_items))
+        torch.testing.assert_close(reused, recomputed, rtol=0, atol=0)
+        torch.manual_seed(0)  # without the step's log-probabilities: computed from the state, the same value
+        torch.testing.assert_close(
+            model.negative_loss(step.target_state, step.target_items), recomputed, rtol=0, atol=0
+        )
+
+        calls = []
+        original = head.level_log_probs
+        monkeypatch.setattr(head, "level_log_probs", lambda *args: calls.append(args[-1]) or original(*args))
+        torch.manual_seed(0)
+        (loss,) = model.calculate_loss(batch)
+    assert calls == [0, 1, 2, 3]  # once per level for the code CE and the negatives together
+    torch.testing.assert_close(loss, -step.code_log_probs.mean() + 0.5 * recomputed)
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("item_id_input", True),
+        ("item_loss_weight", 0.5),
+        ("code_loss_weight", 2.0),
+        ("rqvae_levels", 2),
+        ("d_model", 64),
+    ],
+)
+def test_tiger_options_semconv_ignores_are_errors(fast_run_config, offline_models, option, value):
+    check_unsupported_options(build_config(SemConv, "tiny", config_dict={**fast_run_config, **TINY}))  # defaults pass
+    config = build_config(SemConv, "tiny", config_dict={**fast_run_config, **TINY, option: value})
+    with pytest.raises(ValueError, match=rf"SemConv does not support these TIGER options: {option}: {value!r}"):
+        check_unsupported_options(config)
+    if option == "item_id_input":  # a run refuses it before stage 1 trains
+        with pytest.raises(ValueError, match="item_id_input: True"):
+            run("SemConv", "tiny", config_dict={**fast_run_config, **TINY, option: value})
 
 
 def test_item_tokens_join_the_vocabulary_and_round_trip_unsplit(tiny_semconv):

@@ -185,8 +185,22 @@ class CodeHead(nn.Module):
         self.output.weight.copy_(weight)
         self.output.bias.zero_()
 
-    def code_log_probs(self, state, codes):
-        """Teacher-forced `state [N, d]`, `codes [N, L]` -> `[N, L]` log-probability of each code."""
+    def parallel_log_probs(self, state):
+        """Parallel head: every level's log-probabilities from `state [N, d]`, a list of `[N, K_l]`, computed once
+        for what `code_log_probs` and `candidate_log_probs` then read from it (`level_log_probs`)."""
+        if self.autoregressive:
+            raise ValueError("the autoregressive head's level log-probabilities depend on the codes already written")
+        return [self.level_log_probs(state, None, level) for level in range(self.num_levels)]
+
+    def code_log_probs(self, state, codes, level_log_probs=None):
+        """Teacher-forced `state [N, d]`, `codes [N, L]` -> `[N, L]` log-probability of each code.
+
+        `level_log_probs`: the parallel head's `parallel_log_probs(state)`, when already computed.
+        """
+        if level_log_probs is not None:
+            return torch.stack(
+                [level.gather(-1, codes[:, i : i + 1]).squeeze(-1) for i, level in enumerate(level_log_probs)], dim=-1
+            )
         return torch.stack(
             [
                 self.level_log_probs(state, codes[:, :level], level).gather(-1, codes[:, level : level + 1]).squeeze(-1)
@@ -195,12 +209,15 @@ class CodeHead(nn.Module):
             dim=-1,
         )
 
-    def candidate_log_probs(self, state, codes):
+    def candidate_log_probs(self, state, codes, level_log_probs=None):
         """Log-probability of several candidate items per state: `state [N, d]`, `codes [N, C, L]` -> `[N, C]`.
 
-        The parallel head computes each level's log-probabilities once per state and gathers the candidates' codes;
-        the autoregressive one runs each candidate's own prefix (what sampled-negative losses need).
+        The parallel head computes each level's log-probabilities once per state (or reads `level_log_probs`, its
+        `parallel_log_probs(state)`) and gathers the candidates' codes; the autoregressive one runs each candidate's
+        own prefix (what sampled-negative losses need).
         """
+        if not self.autoregressive and level_log_probs is None:
+            level_log_probs = self.parallel_log_probs(state)
         scores = 0
         for level in range(self.num_levels):
             if self.autoregressive:
@@ -208,7 +225,7 @@ class CodeHead(nn.Module):
                 log_probs = self.level_log_probs(expanded, codes[..., :level], level)  # [N, C, K]
                 scores = scores + log_probs.gather(-1, codes[..., level : level + 1]).squeeze(-1)
             else:
-                scores = scores + self.level_log_probs(state, None, level).gather(1, codes[..., level])
+                scores = scores + level_log_probs[level].gather(1, codes[..., level])
         return scores
 
     def item_logits(self, state, item_codes):

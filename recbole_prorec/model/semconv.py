@@ -5,8 +5,9 @@ Reference:
     Behavioral Semantic Tokenization." AAAI 2025, arXiv:2412.13771 (no public code; this is our reading).
 
 Stage 1 (`SemConvTokenizer`, Alignment Tokenization): PRORecTokenizer's SASRec learns collaborative item
-embeddings; an RQ-VAE whose cascaded codebooks start from, and are pulled towards, the language model's input
-token embeddings (`quantization/token_space.py`) turns each into four codes (u, v, x, y), unique per item.
+embeddings; an RQ-VAE whose cascaded codebooks start from, and stay tied to, the language model's input token
+embeddings up to a per-level scale (`quantization/token_space.py`) turns each into four codes (u, v, x, y), unique
+per item.
 
 Stage 2 (`SemConv`, Alignment Tasks): the codes become new vocabulary tokens `<a_u> <b_v> <c_x> <d_y>` whose
 embeddings start at the trained code vectors; the language model is fine-tuned on a per-batch mixture of
@@ -20,6 +21,7 @@ import string
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from recbole_prorec.model.item_causal import CodeHead, use_uniform_dropout
@@ -27,12 +29,52 @@ from recbole_prorec.model.tiger import TIGER
 from recbole_prorec.model.tokenizer import PRORecTokenizer, _artifact_config
 from recbole_prorec.quantization.token_space import quantize_in_token_space
 from recbole_prorec.semantic import item_texts, load_language_model, read_item_fields
-from recbole_prorec.utils import cache_dir, settings_digest
+from recbole_prorec.utils import PROPERTIES_DIR, cache_dir, settings_digest
 
 logger = logging.getLogger(__name__)
 
 # The artifact's `encoder/<name>` entry holding the trained code vectors [levels, codebook_size, d_lm].
 CODEBOOKS = "token_codebooks"
+
+# TIGER.yaml options that neither SemConv nor its stage 1 reads, and why: SemConv refuses a value other than TIGER's
+# default (TIGER's sequence-encoder sizes are not here: they size stage 1's SASRec, PRORecTokenizer.yaml).
+_CODES = "SemConv's item codes come from SemConvTokenizer (code_levels, codebook_size, rqvae_kwargs; tokenizer_config)"
+_SEQ2SEQ = "SemConv has no seq2seq layout: the language model reads the history"
+UNSUPPORTED_TIGER_OPTIONS = {
+    "item_id_input": "a history position is the sum of the item's language-model token embeddings, no item-ID one",
+    "item_loss_weight": "SemConv's losses are its alignment tasks (seq_weight, text_weight, query_weight, neg_weight)",
+    "code_loss_weight": "SemConv's losses are its alignment tasks (seq_weight, text_weight, query_weight, neg_weight)",
+    "semantic_quantizer": _CODES,
+    "pq_digits": _CODES,
+    "pq_codebook_size": _CODES,
+    "rqvae_levels": _CODES,
+    "rqvae_codebook_size": _CODES,
+    **dict.fromkeys(
+        [
+            "d_model",
+            "attention_heads",
+            "encoder_layers",
+            "decoder_layers",
+            "d_ff",
+            "dropout",
+            "history_tokens",
+            "n_user_buckets",
+        ],
+        _SEQ2SEQ,
+    ),
+}
+
+
+def check_unsupported_options(config):
+    """A ValueError naming every TIGER option in `config` that SemConv would ignore, set to other than its default."""
+    defaults = yaml.safe_load((PROPERTIES_DIR / "model" / "TIGER.yaml").read_text(encoding="utf-8"))
+    wrong = [
+        f"{key}: {config[key]!r} (only TIGER's default {defaults.get(key)!r}; {reason})"
+        for key, reason in UNSUPPORTED_TIGER_OPTIONS.items()
+        if key in config and config[key] is not None and config[key] != defaults.get(key)
+    ]
+    if wrong:
+        raise ValueError("SemConv does not support these TIGER options: " + "; ".join(wrong))
 
 
 def item_token_names(codebook_sizes):
@@ -97,10 +139,12 @@ class SemConvTokenizer(PRORecTokenizer):
     Training is PRORecTokenizer's (SASRec next-item CE; its text alignment is off by default, `align_weight: 0`,
     so the codes come from the collaborative embedding E_C alone, `code_source: collaborative`). At the end,
     `quantize_in_token_space` fits an RQ-VAE on E_C whose `code_levels` cascaded codebooks live in `lm_model`'s
-    token-embedding space: code vectors start at distinct token rows and are regularised towards the nearest
-    one (`tie_weight`; `lm_tied: False` starts them from k-means without the tie, the ablation). Collisions
-    are repaired inside the last level, so every item has exactly `code_levels` tokens. The artifact carries
-    the trained code vectors (`encoder/token_codebooks`), from which SemConv starts its new token embeddings.
+    token-embedding space: code vectors start at distinct token rows, times a per-level scale between the token
+    and the latent space, and stay tied to a distinct row each (`tie_weight`; `lm_tied: False` starts them from
+    k-means without the tie, the ablation). Collisions are repaired inside the last level, so every item has
+    exactly `code_levels` tokens. The artifact carries the trained code vectors in token units
+    (`encoder/token_codebooks`), from which SemConv starts its new token embeddings, and its statistics the
+    codes' use per level and their distance and cosine to their token rows (`token_space.token_tie_stats`).
     """
 
     @classmethod
@@ -165,7 +209,13 @@ class SemConv(TIGER):
 
     stage_one_model = "SemConvTokenizer"
 
+    @classmethod
+    def check_config(cls, config):
+        """Refuse options SemConv would silently ignore (`UNSUPPORTED_TIGER_OPTIONS`); run before stage 1 trains."""
+        check_unsupported_options(config)
+
     def __init__(self, config, dataset):
+        self.check_config(config)
         super().__init__(config, dataset)
         if self.layout != "item_causal":
             raise ValueError(
@@ -294,22 +344,29 @@ class SemConv(TIGER):
         hidden = self.lm(input_ids=token_ids, attention_mask=real.long()).last_hidden_state  # [M, S, d]
         return (hidden * real.unsqueeze(-1)).sum(1) / real.sum(1, keepdim=True)
 
-    def negative_loss(self, state, items):
-        """Mean NEG(s, i): CE of the true item's log p(codes) against `num_negatives` uniformly sampled items'."""
+    def negative_loss(self, state, items, level_log_probs=None):
+        """Mean NEG(s, i): CE of the true item's log p(codes) against `num_negatives` uniformly sampled items'.
+
+        `level_log_probs`: the parallel head's per-level log-probabilities of `state` (`CodeHead.parallel_log_probs`)
+        when the caller has them already (the generation step has), read instead of computed again.
+        """
         negatives = torch.randint(1, self.n_items, (items.shape[0], self.num_negatives), device=items.device)
         candidates = torch.cat([items.unsqueeze(1), negatives], 1)  # [N, 1 + n_neg]
-        scores = self.code_head.candidate_log_probs(state, self.item_codes[candidates]).float()  # [N, 1 + n_neg]
+        scores = self.code_head.candidate_log_probs(state, self.item_codes[candidates], level_log_probs).float()
         false_negative = F.pad(negatives == items.unsqueeze(1), (1, 0))
         scores = scores.masked_fill(false_negative, -torch.inf)
         return F.cross_entropy(scores, torch.zeros_like(items))
 
-    def item_loss(self, state, items, code_log_probs=None):
-        """GEN(s, i) + neg_weight * NEG(s, i), averaged; `code_log_probs [N, L]` when already computed."""
+    def item_loss(self, state, items, code_log_probs=None, level_log_probs=None):
+        """GEN(s, i) + neg_weight * NEG(s, i), averaged; `code_log_probs [N, L]` and `level_log_probs` (the parallel
+        head's per-level log-probabilities of `state`) when already computed, else computed here once for both."""
         if code_log_probs is None:
-            code_log_probs = self.code_head.code_log_probs(state, self.item_codes[items])
+            if not self.code_head.autoregressive:
+                level_log_probs = self.code_head.parallel_log_probs(state)
+            code_log_probs = self.code_head.code_log_probs(state, self.item_codes[items], level_log_probs)
         loss = -code_log_probs.mean()
         if self.neg_weight > 0:
-            loss = loss + self.neg_weight * self.negative_loss(state, items)
+            loss = loss + self.neg_weight * self.negative_loss(state, items, level_log_probs)
         return loss
 
     def sample_items(self, pool):
@@ -355,9 +412,10 @@ class SemConv(TIGER):
         with self.autocast():
             if self.seq_weight > 0:
                 step = self.generation_step(interaction)
-                losses.append(
-                    self.seq_weight * self.item_loss(step.target_state, step.target_items, step.code_log_probs)
+                gen_and_neg = self.item_loss(
+                    step.target_state, step.target_items, step.code_log_probs, step.level_log_probs
                 )
+                losses.append(self.seq_weight * gen_and_neg)
             if self.text_weight > 0:
                 losses.append(self.text_weight * self.textual_loss())
             if self.query_weight > 0:

@@ -13,7 +13,7 @@ and invalid code tuples are never ranked.
 
 import hashlib
 import logging
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -108,6 +108,9 @@ class GenerationStep(NamedTuple):
     target_state: torch.Tensor  # [N, d] a state that predicts the target and has not seen any of its codes
     history_state: torch.Tensor  # [N, d] a summary of the history it was predicted from
     history_items: torch.Tensor  # [N, T] the items of that history (0 = not part of it)
+    # parallel code head: every level's log-probabilities [N, K_l] from target_state (what code_log_probs was read
+    # from; a sampled-negative loss reads its candidates from them too), else None
+    level_log_probs: Optional[list] = None
 
 
 class TIGER(SequentialRecommender):
@@ -285,8 +288,10 @@ class TIGER(SequentialRecommender):
         predicted = targets > 0
         state = states[predicted]  # [N, d]
         target_items = targets[predicted]  # [N]
-        log_probs = self.code_head.code_log_probs(state, self.item_codes[target_items])
-        return GenerationStep(log_probs, target_items, state, state, visible_history(item_seq)[predicted])
+        level_log_probs = None if self.code_head.autoregressive else self.code_head.parallel_log_probs(state)
+        log_probs = self.code_head.code_log_probs(state, self.item_codes[target_items], level_log_probs)
+        history = visible_history(item_seq)[predicted]
+        return GenerationStep(log_probs, target_items, state, state, history, level_log_probs)
 
     def generation_loss(self, step):
         """`code_loss_weight` x per-level code cross-entropy + `item_loss_weight` x cross-entropy of the target among
