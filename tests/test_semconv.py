@@ -185,20 +185,53 @@ def test_negative_loss_reads_the_generation_steps_log_probs(tiny_semconv, monkey
     "option, value",
     [
         ("item_id_input", True),
-        ("item_loss_weight", 0.5),
-        ("code_loss_weight", 2.0),
         ("rqvae_levels", 2),
         ("d_model", 64),
     ],
 )
 def test_tiger_options_semconv_ignores_are_errors(fast_run_config, offline_models, option, value):
     check_unsupported_options(build_config(SemConv, "tiny", config_dict={**fast_run_config, **TINY}))  # defaults pass
+    supported = {"item_loss_weight": 0.5, "code_loss_weight": 2.0}  # TIGER's generation-loss weights: SemConv's GEN
+    check_unsupported_options(build_config(SemConv, "tiny", config_dict={**fast_run_config, **TINY, **supported}))
     config = build_config(SemConv, "tiny", config_dict={**fast_run_config, **TINY, option: value})
     with pytest.raises(ValueError, match=rf"SemConv does not support these TIGER options: {option}: {value!r}"):
         check_unsupported_options(config)
     if option == "item_id_input":  # a run refuses it before stage 1 trains
         with pytest.raises(ValueError, match="item_id_input: True"):
             run("SemConv", "tiny", config_dict={**fast_run_config, **TINY, option: value})
+
+
+@pytest.mark.parametrize("weight, code_weight", [(0.5, 1.0), (1.0, 0.0)])
+def test_item_loss_adds_the_cross_entropy_of_the_target_among_every_item(tiny_semconv, weight, code_weight):
+    """Issue 32: GEN = code_loss_weight x per-level CE + item_loss_weight x CE of the target among every item, the
+    ranking evaluation reads (TIGER's item-level loss)."""
+    options = {"seq_weight": 1.0, "text_weight": 0.0, "query_weight": 0.0, "neg_weight": 0.0}
+    model, batch, _ = tiny_semconv(**options, item_loss_weight=weight, code_loss_weight=code_weight)
+    model.eval()
+    with torch.no_grad():
+        (loss,) = model.calculate_loss(batch)
+        step = model.generation_step(batch)
+        full = model.code_head.all_item_scores(step.target_state, model.item_codes)  # [N, item_num]
+        item_ce = -full.log_softmax(-1).gather(1, step.target_items.unsqueeze(1)).mean()
+    expected = -code_weight * step.code_log_probs.mean() + weight * item_ce
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_stage_one_item_input_adds_a_projection_of_the_stage_one_embedding(tiny_semconv):
+    """Issue 32: each history position can read stage 1's item embedding beside its four tokens; off by default."""
+    plain, batch, _ = tiny_semconv()
+    model, _, _ = tiny_semconv(stage_one_item_input=True)
+    assert plain.stage_one_item_projection is None
+    assert torch.equal(model.stage_one_item_embeddings, torch.from_numpy(model.artifact.embeddings))
+    plain.eval(), model.eval()
+    item_seq = batch[model.ITEM_SEQ]
+    with torch.no_grad():
+        states = model.sequence_states(item_seq)
+        real = item_seq > 0
+        assert not torch.allclose(states[real], plain.sequence_states(item_seq)[real])
+        model.stage_one_item_projection.weight.zero_()  # without the projection: exactly the four tokens' input
+        model.stage_one_item_projection.bias.zero_()
+        torch.testing.assert_close(model.sequence_states(item_seq), plain.sequence_states(item_seq))
 
 
 def test_item_tokens_join_the_vocabulary_and_round_trip_unsplit(tiny_semconv):

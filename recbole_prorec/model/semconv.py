@@ -41,9 +41,8 @@ CODEBOOKS = "token_codebooks"
 _CODES = "SemConv's item codes come from SemConvTokenizer (code_levels, codebook_size, rqvae_kwargs; tokenizer_config)"
 _SEQ2SEQ = "SemConv has no seq2seq layout: the language model reads the history"
 UNSUPPORTED_TIGER_OPTIONS = {
-    "item_id_input": "a history position is the sum of the item's language-model token embeddings, no item-ID one",
-    "item_loss_weight": "SemConv's losses are its alignment tasks (seq_weight, text_weight, query_weight, neg_weight)",
-    "code_loss_weight": "SemConv's losses are its alignment tasks (seq_weight, text_weight, query_weight, neg_weight)",
+    "item_id_input": "a history position is the sum of the item's language-model token embeddings, no item-ID one "
+    "(stage_one_item_input adds a projection of stage 1's item embedding)",
     "semantic_quantizer": _CODES,
     "pq_digits": _CODES,
     "pq_codebook_size": _CODES,
@@ -183,15 +182,19 @@ class SemConv(TIGER):
     r"""Stage 2: a pretrained language model over item tokens, trained on a mixture of alignment tasks.
 
     Input: `[CLS] history_prompt` then one position per history item whose embedding is the sum of its four
-    item-token embeddings (`<a_u> + <b_v> + <c_x> + <d_y>`), under a causal mask; every item position predicts
-    the next item's codes through a `CodeHead` (parallel: exact scores for all items; autoregressive: constrained
-    beam search), whose output vectors start at the item-token embeddings. Losses, with `c_l(i)` item i's level-l
+    item-token embeddings (`<a_u> + <b_v> + <c_x> + <d_y>`), plus with `stage_one_item_input` `P e_i`, a learned
+    linear map of stage 1's item embedding (the artifact's `embeddings`, E_C, fixed; what PRORec's `item_id_input`
+    with `warm_start` gives a position), under a causal mask; every item position predicts the next item's codes
+    through a `CodeHead` (parallel: exact scores for all items; autoregressive: constrained beam search), whose
+    output vectors start at the item-token embeddings. Losses, with `c_l(i)` item i's level-l
     code, `log p(i | s) = sum_l log p_l(c_l(i) | s)` the head's item log-probability from a state s, and
     `NEG(s, i) = -log( exp(log p(i|s)) / (exp(log p(i|s)) + sum_{k=1..n_neg} exp(log p(j_k|s))) )` over
     `num_negatives` uniformly sampled items `j_k != i` (negative sampling: tell the true item from sampled ones):
 
         L = seq_weight * L_seq + text_weight * L_text + query_weight * L_query
-        GEN(s, i) = -1/L sum_l log p_l(c_l(i) | s)
+        GEN(s, i) = -code_loss_weight/L sum_l log p_l(c_l(i) | s) + item_loss_weight * ITEM(s, i)
+        ITEM(s, i) = -log( exp(log p(i|s)) / sum_{every item j} exp(log p(j|s)) )   (parallel head: TIGER's
+                     item-level loss, `CodeHead.item_logits`; it trains the ranking evaluation reads)
         L_seq   = mean over every predicted position n of a window [GEN(s_n, y_n)] + neg_weight * mean NEG(s_n, y_n)
         L_text  = (L_t2i + L_i2t) / 2 over `aux_batch_size` distinct items I sampled uniformly per batch
         L_t2i   = mean_i GEN(t_i, i) + neg_weight * mean_i NEG(t_i, i),   t_i = meanpool LM([CLS] text_i [SEP])
@@ -204,7 +207,8 @@ class SemConv(TIGER):
     dense+GELU+LayerNorm transform and `E_word` the model's own (tied) embeddings of its original vocabulary, so
     item tokens -> text is a bag-of-words generation of the text, and its negatives are the other sampled items'
     texts. `query_i` comes from `item_queries` (leaf category and brand, `query_template`), over the items
-    that have a category. A weight of 0 removes its task (`neg_weight: 0` every negative term).
+    that have a category. A weight of 0 removes its task (`neg_weight: 0` every negative term, `item_loss_weight: 0`
+    every ITEM term). GEN is the same in every task (`TIGER.code_and_item_loss`).
     """
 
     stage_one_model = "SemConvTokenizer"
@@ -277,6 +281,12 @@ class SemConv(TIGER):
         with torch.no_grad():  # level l's logit of code k starts as state . embedding(<l_k>), an LM head's reading
             self.code_head.output.weight.copy_(self.lm.get_input_embeddings().weight[self.original_vocab_size :])
             self.code_head.output.bias.zero_()
+        self.stage_one_item_projection = None
+        if config["stage_one_item_input"]:
+            embeddings = torch.from_numpy(self.artifact.embeddings)  # [item_num, d_e] float32, row 0 = pad (zeros)
+            self.register_buffer("stage_one_item_embeddings", embeddings, persistent=False)
+            self.stage_one_item_projection = nn.Linear(embeddings.shape[1], d_model)
+            self.stage_one_item_projection.apply(self._init_weights)
         self.text_transform = None
         if self.text_weight > 0:
             self.text_transform = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.LayerNorm(d_model))
@@ -323,11 +333,15 @@ class SemConv(TIGER):
         return (codes + self.item_token_starts).masked_fill(codes < 0, self.pad_id)
 
     def sequence_states(self, item_seq):
-        """`[CLS] history_prompt` + one position per history item (the sum of its token embeddings), causal:
-        `item_seq [B, T]` -> the state of every item position `[B, T, d]`."""
+        """`[CLS] history_prompt` + one position per history item (the sum of its token embeddings, plus with
+        `stage_one_item_input` the projection of its stage-1 embedding), causal: `item_seq [B, T]` -> the state of
+        every item position `[B, T, d]`."""
         batch, length = item_seq.shape
         words = self.lm.get_input_embeddings()
-        items = words(self.item_token_ids(item_seq)).sum(2) * (item_seq > 0).unsqueeze(-1)  # [B, T, d]
+        items = words(self.item_token_ids(item_seq)).sum(2)  # [B, T, d]
+        if self.stage_one_item_projection is not None:
+            items = items + self.stage_one_item_projection(self.stage_one_item_embeddings[item_seq])
+        items = items * (item_seq > 0).unsqueeze(-1)
         prompt = words(self.history_prompt).expand(batch, -1, -1)  # [B, P, d]
         real = torch.cat([torch.ones_like(self.history_prompt, dtype=torch.bool).expand(batch, -1), item_seq > 0], 1)
         size = real.shape[1]
@@ -364,7 +378,7 @@ class SemConv(TIGER):
             if not self.code_head.autoregressive:
                 level_log_probs = self.code_head.parallel_log_probs(state)
             code_log_probs = self.code_head.code_log_probs(state, self.item_codes[items], level_log_probs)
-        loss = -code_log_probs.mean()
+        loss = self.code_and_item_loss(state, items, code_log_probs)
         if self.neg_weight > 0:
             loss = loss + self.neg_weight * self.negative_loss(state, items, level_log_probs)
         return loss

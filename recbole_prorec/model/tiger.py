@@ -295,11 +295,16 @@ class TIGER(SequentialRecommender):
 
     def generation_loss(self, step):
         """`code_loss_weight` x per-level code cross-entropy + `item_loss_weight` x cross-entropy of the target among
-        every item."""
-        loss = -self.code_loss_weight * step.code_log_probs.mean()
+        every item, for a `GenerationStep`."""
+        return self.code_and_item_loss(step.target_state, step.target_items, step.code_log_probs)
+
+    def code_and_item_loss(self, state, items, code_log_probs):
+        """`code_loss_weight` x per-level code cross-entropy (`code_log_probs [N, L]`) + `item_loss_weight` x
+        cross-entropy of the target `items [N]` among every item, from the states `[N, d]` that predict them."""
+        loss = -self.code_loss_weight * code_log_probs.mean()
         if self.item_loss_weight:
-            logits = self.code_head.item_logits(step.target_state, self.item_codes).float()  # [N, item_num]
-            loss = loss + self.item_loss_weight * F.cross_entropy(logits, step.target_items)
+            logits = self.code_head.item_logits(state, self.item_codes).float()  # [N, item_num]
+            loss = loss + self.item_loss_weight * F.cross_entropy(logits, items)
         return loss
 
     def calculate_loss(self, interaction):
