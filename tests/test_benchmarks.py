@@ -12,6 +12,7 @@ BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import common  # noqa: E402
+import hits_by_popularity  # noqa: E402
 import report  # noqa: E402
 import run as runner  # noqa: E402
 import serving  # noqa: E402
@@ -398,3 +399,22 @@ def test_serving_measurement_records_precache_lookup_and_online_latency(fast_run
     assert 0 < record["lookup_p50_ms"] <= record["lookup_p99_ms"] and record["online_p50_ms"] > 0
     lines = serving.report_lines("serving", {}, [record])
     assert any(line.startswith("| tiny | SASRec | 40 |") for line in lines)
+
+
+def test_hits_by_popularity_buckets_targets_and_counts_the_users_each_model_alone_hits(monkeypatch):
+    # 4 users; targets 1, 2, 2, 3 with 2, 7, 7, 150 training interactions
+    targets, counts = torch.tensor([1, 2, 2, 3]), torch.tensor([0, 2, 7, 150])
+    ranks = {"a.pth": torch.tensor([0, 12, 3, 40]), "b.pth": torch.tensor([9, 2, 30, 0])}
+    monkeypatch.setattr(hits_by_popularity, "target_ranks", lambda path: (path, ranks[path], targets, counts))
+    result = hits_by_popularity.compare(["a.pth", "b.pth"], k=10)
+    assert result["users_hit"] == {"both": 0.25, "only a.pth": 0.25, "only b.pth": 0.5}
+    assert result["hit_at"]["a.pth"][1] == 0.25 and result["hit_at"]["b.pth"][50] == 1.0
+    buckets = {tuple(b["train_interactions"]): (b["users"], b["hit@10"]) for b in result["by_target_popularity"]}
+    assert buckets[(0, 4)] == (1, {"a.pth": 1.0, "b.pth": 1.0})
+    assert buckets[(5, 9)] == (2, {"a.pth": 0.5, "b.pth": 0.5})
+    assert buckets[(100, 150)] == (1, {"a.pth": 0.0, "b.pth": 1.0})
+    monkeypatch.setattr(
+        hits_by_popularity, "target_ranks", lambda path: (path, ranks["a.pth"], targets + (path == "b.pth"), counts)
+    )
+    with pytest.raises(ValueError, match="test targets differ"):
+        hits_by_popularity.compare(["a.pth", "b.pth"], k=10)
