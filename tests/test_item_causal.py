@@ -124,11 +124,17 @@ def test_item_loss_adds_the_cross_entropy_of_the_target_among_every_item(fast_ru
     batch = next(iter(train_data))
     with torch.no_grad():
         loss = model.calculate_loss(batch)
-        step = model.generation_step(batch)
-        full = model.code_head.all_item_scores(step.target_state, model.item_codes)  # [N, item_num]
-        item_ce = -full.log_softmax(-1).gather(1, step.target_items.unsqueeze(1)).mean()
-    expected = -code_weight * step.code_log_probs.mean() + weight * item_ce
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert loss.item() == pytest.approx(expected_generation_loss(model, batch, code_weight, weight), rel=1e-4)
+
+
+@torch.no_grad()
+def expected_generation_loss(model, batch, code_weight, item_weight):
+    """The generation loss computed the long way: per-level code CE, and the CE of the target among every item
+    under the exact item scores (which differ from the item-level logits by a per-state constant)."""
+    step = model.generation_step(batch)
+    full = model.code_head.all_item_scores(step.target_state, model.item_codes)  # [N, item_num]
+    item_ce = -full.log_softmax(-1).gather(1, step.target_items.unsqueeze(1)).mean()
+    return (-code_weight * step.code_log_probs.mean() + item_weight * item_ce).item()
 
 
 def test_a_generation_loss_of_zero_weights_is_refused(fast_run_config):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from recbole.data import data_preparation
 from recbole.utils import init_seed
+from test_item_causal import expected_generation_loss
 from test_serve import model_top_k
 
 from recbole_prorec import semantic
@@ -210,11 +211,7 @@ def test_item_loss_adds_the_cross_entropy_of_the_target_among_every_item(tiny_se
     model.eval()
     with torch.no_grad():
         (loss,) = model.calculate_loss(batch)
-        step = model.generation_step(batch)
-        full = model.code_head.all_item_scores(step.target_state, model.item_codes)  # [N, item_num]
-        item_ce = -full.log_softmax(-1).gather(1, step.target_items.unsqueeze(1)).mean()
-    expected = -code_weight * step.code_log_probs.mean() + weight * item_ce
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert loss.item() == pytest.approx(expected_generation_loss(model, batch, code_weight, weight), rel=1e-4)
 
 
 def test_stage_one_item_input_adds_a_projection_of_the_stage_one_embedding(tiny_semconv):
