@@ -192,6 +192,13 @@ class CodeHead(nn.Module):
             raise ValueError("the autoregressive head's level log-probabilities depend on the codes already written")
         return [self.level_log_probs(state, None, level) for level in range(self.num_levels)]
 
+    def teacher_forced(self, state, codes):
+        """`(code_log_probs(state, codes) [N, L], level log-probabilities)`: the second is the parallel head's
+        `parallel_log_probs(state)` the first was read from, for candidate scoring to reuse (None for the
+        autoregressive head, whose levels depend on the codes)."""
+        level_log_probs = None if self.autoregressive else self.parallel_log_probs(state)
+        return self.code_log_probs(state, codes, level_log_probs), level_log_probs
+
     def code_log_probs(self, state, codes, level_log_probs=None):
         """Teacher-forced `state [N, d]`, `codes [N, L]` -> `[N, L]` log-probability of each code.
 

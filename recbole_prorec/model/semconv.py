@@ -375,9 +375,7 @@ class SemConv(TIGER):
         """GEN(s, i) + neg_weight * NEG(s, i), averaged; `code_log_probs [N, L]` and `level_log_probs` (the parallel
         head's per-level log-probabilities of `state`) when already computed, else computed here once for both."""
         if code_log_probs is None:
-            if not self.code_head.autoregressive:
-                level_log_probs = self.code_head.parallel_log_probs(state)
-            code_log_probs = self.code_head.code_log_probs(state, self.item_codes[items], level_log_probs)
+            code_log_probs, level_log_probs = self.code_head.teacher_forced(state, self.item_codes[items])
         loss = self.code_and_item_loss(state, items, code_log_probs)
         if self.neg_weight > 0:
             loss = loss + self.neg_weight * self.negative_loss(state, items, level_log_probs)

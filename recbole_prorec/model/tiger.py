@@ -288,8 +288,7 @@ class TIGER(SequentialRecommender):
         predicted = targets > 0
         state = states[predicted]  # [N, d]
         target_items = targets[predicted]  # [N]
-        level_log_probs = None if self.code_head.autoregressive else self.code_head.parallel_log_probs(state)
-        log_probs = self.code_head.code_log_probs(state, self.item_codes[target_items], level_log_probs)
+        log_probs, level_log_probs = self.code_head.teacher_forced(state, self.item_codes[target_items])
         history = visible_history(item_seq)[predicted]
         return GenerationStep(log_probs, target_items, state, state, history, level_log_probs)
 
