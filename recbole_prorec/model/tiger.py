@@ -54,20 +54,15 @@ def semantic_artifact_settings(dataset, config):
         "text_fields": list(config["text_fields"] or []),
         "semantic_model": config["semantic_model"],
         "method": method,
+        "seed": config["seed"],
     }
     if method == "pq":
-        return {
-            **settings,
-            "levels": config["pq_digits"],
-            "codebook_size": config["pq_codebook_size"],
-            "seed": config["seed"],
-        }
+        return {**settings, "levels": config["pq_digits"], "codebook_size": config["pq_codebook_size"]}
     return {
         **settings,
         "levels": config["rqvae_levels"],
         "codebook_size": config["rqvae_codebook_size"],
         "rqvae_kwargs": dict(config["rqvae_kwargs"] or {}),
-        "seed": config["seed"],
     }
 
 
