@@ -94,6 +94,10 @@ class _RecordsCodeUse:
     """Mixin for an ``RQVAE``: before each reseeding (after every epoch), the fraction of each level's codes that
     the items use, in ``code_use_history`` (what the reseeding then hides: a reseeded code is used by construction)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.code_use_history = []
+
     @torch.no_grad()
     def reseed_unused_codes(self, x):
         codes, _, _ = self.quantize(self.encoder(x))
@@ -104,10 +108,6 @@ class _RecordsCodeUse:
 
 class _UntiedRQVAE(_RecordsCodeUse, RQVAE):
     """TIGER's RQ-VAE (the ablation without the tie), recording its code use."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.code_use_history = []
 
 
 class TokenTiedRQVAE(_RecordsCodeUse, RQVAE):
@@ -129,7 +129,6 @@ class TokenTiedRQVAE(_RecordsCodeUse, RQVAE):
         self.register_buffer("token_embeddings", token_embeddings.float(), persistent=False)  # [V, k]
         self.register_buffer("anchors", torch.zeros(levels, codebook_size, dtype=torch.long), persistent=False)
         self.register_buffer("scales", torch.ones(levels), persistent=False)  # [L]: latent units per token unit
-        self.code_use_history = []
 
     @torch.no_grad()
     def init_codebooks(self, x, seed=0, n_iter=50, balanced=False):
