@@ -129,6 +129,15 @@ def test_beam_narrower_than_topk_is_an_error(fast_run_config):
         prepared(TIGER, fast_run_config, beam_size=10)
 
 
+def test_prorec_keeps_the_tokenizer_sizes_that_its_warm_start_needs(fast_run_config):
+    # TIGER.yaml's default width is not the tokenizer's; PRORec (which inherits TIGER.yaml) must pin the tokenizer's.
+    sizes = ("hidden_size", "inner_size", "n_layers", "n_heads")
+    prorec, tokenizer = (
+        build_config(model, "tiny", config_dict=fast_run_config) for model in (PRORec, "PRORecTokenizer")
+    )
+    assert {key: prorec[key] for key in sizes} == {key: tokenizer[key] for key in sizes}
+
+
 def test_prorec_without_an_artifact_says_how_to_get_one(fast_run_config):
     config = make_config(PRORec, fast_run_config)
     dataset = create_dataset(config)
