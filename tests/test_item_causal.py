@@ -111,35 +111,45 @@ def test_item_logits_rank_as_the_exact_code_scores(fast_run_config):
     torch.testing.assert_close(gap, gap[:, :1].expand_as(gap))
 
 
-@pytest.mark.parametrize("weight, code_weight", [(0.0, 1.0), (0.7, 1.0), (0.7, 0.0)])
-def test_item_loss_adds_the_cross_entropy_of_the_target_among_every_item(fast_run_config, weight, code_weight):
+@pytest.mark.parametrize(
+    "weight, code_weight, smoothing", [(0.0, 1.0, 0.0), (0.7, 1.0, 0.0), (0.7, 0.0, 0.0), (0.7, 1.0, 0.2)]
+)
+def test_item_loss_adds_the_cross_entropy_of_the_target_among_every_item(
+    fast_run_config, weight, code_weight, smoothing
+):
     options = {
         **DETERMINISTIC,
         "kd_item_weight": 0,
         "kd_history_weight": 0,
         "item_loss_weight": weight,
         "code_loss_weight": code_weight,
+        "item_label_smoothing": smoothing,
     }
     _, model, (train_data, _, _) = prepared(PRORec, fast_run_config, **options)
     batch = next(iter(train_data))
     with torch.no_grad():
         loss = model.calculate_loss(batch)
-    assert loss.item() == pytest.approx(expected_generation_loss(model, batch, code_weight, weight), rel=1e-4)
+    expected = expected_generation_loss(model, batch, code_weight, weight, smoothing)
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
 
 
 @torch.no_grad()
-def expected_generation_loss(model, batch, code_weight, item_weight):
+def expected_generation_loss(model, batch, code_weight, item_weight, smoothing=0.0):
     """The generation loss computed the long way: per-level code CE, and the CE of the target among every item
-    under the exact item scores (which differ from the item-level logits by a per-state constant)."""
+    under the exact item scores (which differ from the item-level logits by a per-state constant); with label
+    smoothing, that share of the target's mass is spread evenly over the real items (not the padding item 0)."""
     step = model.generation_step(batch)
-    full = model.code_head.all_item_scores(step.target_state, model.item_codes)  # [N, item_num]
-    item_ce = -full.log_softmax(-1).gather(1, step.target_items.unsqueeze(1)).mean()
+    log_p = model.code_head.all_item_scores(step.target_state, model.item_codes)[:, 1:].log_softmax(-1)
+    target_ce = -log_p.gather(1, step.target_items.unsqueeze(1) - 1).mean()
+    item_ce = (1 - smoothing) * target_ce - smoothing * log_p.mean()
     return (-code_weight * step.code_log_probs.mean() + item_weight * item_ce).item()
 
 
 def test_a_generation_loss_of_zero_weights_is_refused(fast_run_config):
     with pytest.raises(ValueError, match="code_loss_weight 0 leaves no generation loss"):
         prepared(TIGER, fast_run_config, code_loss_weight=0, item_loss_weight=0)
+    with pytest.raises(ValueError, match=r"item_label_smoothing must be in \[0, 1\), got 1.0"):
+        prepared(TIGER, fast_run_config, item_label_smoothing=1.0)
 
 
 @pytest.mark.parametrize("layout", BEAM_LAYOUTS, ids=["seq2seq", "autoregressive_head"])

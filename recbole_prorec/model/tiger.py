@@ -142,6 +142,9 @@ class TIGER(SequentialRecommender):
         self.bf16 = resolve_bf16(config["bf16"], config["device"])
         self.item_loss_weight = config["item_loss_weight"] or 0.0
         self.code_loss_weight = 1.0 if config["code_loss_weight"] is None else config["code_loss_weight"]
+        self.item_label_smoothing = config["item_label_smoothing"] or 0.0
+        if not 0 <= self.item_label_smoothing < 1:
+            raise ValueError(f"item_label_smoothing must be in [0, 1), got {self.item_label_smoothing}")
         if self.item_loss_weight < 0 or self.code_loss_weight < 0:
             raise ValueError(
                 "item_loss_weight and code_loss_weight must be >= 0, "
@@ -298,7 +301,9 @@ class TIGER(SequentialRecommender):
         loss = -self.code_loss_weight * code_log_probs.mean()
         if self.item_loss_weight:
             logits = self.code_head.item_logits(state, self.item_codes).float()  # [N, item_num]
-            loss = loss + self.item_loss_weight * F.cross_entropy(logits, items)
+            # over the real items only: the padding item's logit is -inf, and label smoothing gives every class mass
+            item_ce = F.cross_entropy(logits[:, 1:], items - 1, label_smoothing=self.item_label_smoothing)
+            loss = loss + self.item_loss_weight * item_ce
         return loss
 
     def calculate_loss(self, interaction):
