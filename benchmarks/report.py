@@ -375,14 +375,19 @@ def plot_valid_curves(rows, title, path):
     return True
 
 
+def artifact_stats(row):
+    """The code statistics of a row's first run: its own artifact's, else its stage 1's; None if not recorded."""
+    record = row["runs"][0]
+    return (record.get("artifact") or {}).get("stats") or ((record.get("stage_one") or {}).get("artifact") or {}).get(
+        "stats"
+    )
+
+
 def code_table(rows):
     """Markdown lines: the item-code statistics of every row whose record carries its artifact's stats."""
     lines = []
     for row in rows:
-        record = row["runs"][0]
-        stats = (record.get("artifact") or {}).get("stats") or (
-            (record.get("stage_one") or {}).get("artifact") or {}
-        ).get("stats")
+        stats = artifact_stats(row)
         if not stats:
             continue
         utilization = ", ".join(f"{u:.2f}" for u in stats["utilization"])
@@ -401,6 +406,37 @@ def code_table(rows):
         "|---|---|---|---|---|---|---|---|",
     ]
     return ["Item codes (first seed's artifact):", ""] + header + lines + [""]
+
+
+def token_tie_table(rows):
+    """Markdown lines: how close each code of a token-space RQ-VAE (SemConv) sits to its language-model token row,
+    tied or not (the untied codebooks are matched to token rows after training, so the two compare)."""
+
+    def per_level(values, digits=2):
+        return ", ".join(f"{value:.{digits}f}" for value in values)
+
+    lines = []
+    for row in rows:
+        stats = artifact_stats(row)
+        if not stats or "token_cosine_per_level" not in stats:
+            continue
+        tie = f"weight {stats['tie_weight']:g}" if stats.get("tied") else "not tied"
+        loss = stats.get("loss_first_epoch"), stats.get("loss_last_epoch")
+        loss_cell = f"{loss[0]:.1f} → {loss[1]:.1f}" if None not in loss else "not recorded"
+        lines.append(
+            f"| {row['label']} | {tie} | {per_level(stats['utilization'])} | "
+            f"{per_level(stats['token_scale_per_level'])} | {per_level(stats['token_distance_per_level'])} | "
+            f"{per_level(stats['token_cosine_per_level'])} | {stats['token_row_gap']:.2f} | {loss_cell} |"
+        )
+    if not lines:
+        return []
+    header = [
+        "| codes of | tie to token rows | code use per level | token scale per level | distance to its token row "
+        "per level (token units) | cosine to its token row per level | token rows' gap to their nearest row | "
+        "RQ-VAE loss first → last epoch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    return ["Token-space codes (first seed's artifact):", ""] + header + lines + [""]
 
 
 def suite_position(suite, row):
@@ -438,6 +474,7 @@ def training_section(suite_name, suite, records, references, plots_dir):
         if plot_valid_curves(rows, f"{suite_name}: {dataset}, validation per epoch", curves):
             lines += [f"![{suite_name} {dataset} validation curves](plots/{curves.name})", ""]
         lines += code_table(rows)
+        lines += token_tie_table(rows)
         lines += [
             "<details><summary>runs</summary>",
             "",

@@ -179,6 +179,41 @@ def test_report_means_over_seeds_bolds_the_best_and_shows_the_improvement(tmp_pa
     assert (tmp_path / "plots" / "main-d.png").stat().st_size > 0
 
 
+def test_token_space_codes_get_a_tie_table_tied_and_untied(tmp_path):
+    results, suites = tmp_path / "results", tmp_path / "suites"
+    results.mkdir()
+    suites.mkdir()
+    records = [_record("SemConv", 0, 0.02), _record("untied", 0, 0.03), _record("SASRec", 0, 0.04)]
+    for record, tied, loss in ((records[0], True, (152.0, 148.25)), (records[1], False, (97.0, None))):
+        record["artifact"] = {
+            "stats": {
+                "method": "token-rqvae",
+                "levels": 2,
+                "codebook_size": 256,
+                "collision_rate_before": 0.1,
+                "collision_rate_after": 0.0,
+                "max_collision_index": 3,
+                "utilization": [0.98, 1.0],
+                "perplexity": [240.0, 230.0],
+                "reconstruction_error": 0.2,
+                "tied": tied,
+                "tie_weight": 100.0 if tied else 0.0,
+                "token_scale_per_level": [3.5, 1.25],
+                "token_distance_per_level": [0.1, 0.2],
+                "token_cosine_per_level": [0.99, 0.85],
+                "token_row_gap": 0.6,
+                "loss_first_epoch": loss[0],
+                "loss_last_epoch": loss[1],
+            }
+        }
+    (results / "semconv.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    (suites / "semconv.yaml").write_text(yaml.safe_dump({"description": "demo"}))
+    text = report.build_report(results, suites, tmp_path / "plots")
+    assert "| SemConv | weight 100 | 0.98, 1.00 | 3.50, 1.25 | 0.10, 0.20 | 0.99, 0.85 | 0.60 | 152.0 → 148.2 |" in text
+    assert "| untied | not tied | 0.98, 1.00 |" in text and "| not recorded |" in text
+    assert "| SASRec | not tied" not in text and "| SASRec | weight" not in text
+
+
 def _summary_lines(records, suite, tmp_path):
     """{dataset: {column: cell}} of the summary table that `records` (one suite, "main") give."""
     results, suites = tmp_path / "results", tmp_path / "suites"
