@@ -248,7 +248,10 @@ class CodeHead(nn.Module):
         tokens = item_codes.clamp(min=0) + self.level_starts  # [item_num, L]
         weight = F.embedding_bag(tokens, self.output.weight, mode="sum")  # [item_num, d]
         bias = self.output.bias[tokens].sum(1)  # [item_num]
-        return F.linear(state, weight, bias).masked_fill((item_codes < 0).any(1), -torch.inf)
+        logits = F.linear(state, weight, bias)
+        padding = (item_codes < 0).any(1)
+        # the training loss passes the real items only: no [N, item_num] copy to mask then
+        return logits.masked_fill(padding, -torch.inf) if padding.any() else logits
 
     def all_item_scores(self, state, item_codes):
         """Exact log-probability of every item (parallel head only): `state [B, d]` -> `[B, item_num]`.

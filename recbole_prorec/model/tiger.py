@@ -300,9 +300,10 @@ class TIGER(SequentialRecommender):
         cross-entropy of the target `items [N]` among every item, from the states `[N, d]` that predict them."""
         loss = -self.code_loss_weight * code_log_probs.mean()
         if self.item_loss_weight:
-            logits = self.code_head.item_logits(state, self.item_codes).float()  # [N, item_num]
-            # over the real items only: the padding item's logit is -inf, and label smoothing gives every class mass
-            item_ce = F.cross_entropy(logits[:, 1:], items - 1, label_smoothing=self.item_label_smoothing)
+            # over the real items only (item i is class i - 1): label smoothing gives every class mass, and the
+            # padding item would need masking, an extra copy of the largest tensor of the step
+            logits = self.code_head.item_logits(state, self.item_codes[1:]).float()  # [N, item_num - 1]
+            item_ce = F.cross_entropy(logits, items - 1, label_smoothing=self.item_label_smoothing)
             loss = loss + self.item_loss_weight * item_ce
         return loss
 
