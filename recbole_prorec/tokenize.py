@@ -1,11 +1,11 @@
 """Rebuild a PRORecTokenizer item-code artifact from a saved checkpoint, without retraining.
 
     python -m recbole_prorec.tokenize --checkpoint saved/PRORecTokenizer-X.pth [--code_source concat]
-        [--quantizer rqvae] [--output PATH_PREFIX]
+        [--quantizer rqvae] [--code_levels 32] [--output PATH_PREFIX]
 
-Useful to write the code sources (integrated / collaborative / semantic / concat) and quantizers of an
-ablation from one trained stage-1 model: neither option changes stage-1 training, only what is quantized and
-how. Without ``--output`` the artifact goes where a PRORec run with those stage-1 settings looks for it.
+Useful to write the code sources (integrated / collaborative / semantic / concat), quantizers and code lengths
+of an ablation from one trained stage-1 model: none of these options changes stage-1 training, only what is
+quantized and how. Without ``--output`` the artifact goes where a PRORec run with those stage-1 settings looks for it.
 The checkpoint's config is reused, so run from the folder the training ran in (``data_path`` and
 ``cache_dir`` are usually relative).
 """
@@ -32,10 +32,11 @@ def main(argv=None):
     parser.add_argument("--checkpoint", required=True, help="RecBole checkpoint (.pth) of PRORecTokenizer")
     parser.add_argument("--code_source", choices=CODE_SOURCES, help="override the checkpoint's code_source")
     parser.add_argument("--quantizer", choices=METHODS, help="override the checkpoint's quantizer")
+    parser.add_argument("--code_levels", type=int, help="override the checkpoint's code_levels (digits with pq)")
     parser.add_argument("--output", help="artifact path prefix (default: under cache_dir, keyed by config)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {key: getattr(args, key) for key in ("code_source", "quantizer") if getattr(args, key)}
+    overrides = {key: getattr(args, key) for key in ("code_source", "quantizer", "code_levels") if getattr(args, key)}
     if overrides:  # the checkpoint's own artifact_path holds its own codes: key the new ones by their settings
         overrides["artifact_path"] = None
     if args.output:

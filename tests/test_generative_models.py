@@ -324,6 +324,15 @@ def test_prorec_run_trains_the_tokenizer_first_then_reuses_its_artifact(fast_run
         ["--checkpoint", first["stage_one"]["saved_model_file"], "--code_source", "concat", "--quantizer", "pq"]
     )  # the checkpoint's quantizer: same key
     assert kmeans_on_concat["path"] == rebuilt["path"]
+    # Longer codes of the same stage 1 likewise: what a PRORec asking its tokenizer for 3 levels reads, untrained.
+    longer = tokenize.main(["--checkpoint", first["stage_one"]["saved_model_file"], "--code_levels", "3"])
+    assert ItemCodeArtifact.load(longer["path"]).codes.shape[1] > integrated.codes.shape[1]
+    three = run(
+        "PRORec",
+        "tiny",
+        config_dict={**overrides, "tokenizer_config": {**overrides["tokenizer_config"], "code_levels": 3}},
+    )
+    assert "stage_one" not in three and three["artifact"]["codes_from"] == longer["path"]
 
 
 def test_a_checkpoint_refuses_an_artifact_with_other_codes(fast_run_config, caplog):
