@@ -275,25 +275,35 @@ def summary_section(suites, records, references):
 
 
 def change_against(row, rows, compare_to, metric="ndcg@10"):
-    """ "+x.x%": `row`'s `metric` against the row that `compare_to` names for its model ("" when none applies)."""
+    """ "+x.x%": `row`'s `metric` against the row that `compare_to` names for its model, both averaged over the
+    seeds they share (a one-seed lever against its own seed of the full model, not the full model's mean); ""
+    when none applies."""
     reference = next((r for r in rows if r["label"] == compare_to.get(row["model"])), None)
-    if reference is None or reference is row or not reference[metric][0] or row[metric][0] is None:
+    if reference is None or reference is row:
         return ""
-    return f"{100.0 * (row[metric][0] - reference[metric][0]) / reference[metric][0]:+.1f}%"
+    ours, theirs = (
+        {run["seed"]: run["test_result"].get(metric) for run in r["runs"] if run.get("test_result")}
+        for r in (row, reference)
+    )
+    shared = [seed for seed in ours if seed in theirs and ours[seed] is not None and theirs[seed] is not None]
+    if not shared:
+        return ""
+    mine, base = (statistics.fmean(values[seed] for seed in shared) for values in (ours, theirs))
+    return f"{100.0 * (mine - base) / base:+.1f}%" if base else ""
 
 
 def metric_table(rows, published, compare_to=None):
     """Markdown: one line per model (ours first, best bold), then the published reference rows.
 
     `compare_to` ({model: row label}, an ablation suite's full model per model class) adds a column with each
-    row's N@10 change against that row.
+    row's N@10 change against that row, over the seeds both have.
     """
     best = {m: max((row[m][0] for row in rows if row[m][0] is not None), default=None) for m in METRICS}
     header = (
         ["model", "seeds"]
         + [short_name(m) for m in METRICS]
         + ["best/run epochs per seed", "s / train epoch", "train+valid min", "test eval s", "peak RSS MB"]
-        + (["N@10 vs full"] if compare_to else [])
+        + (["N@10 vs full (same seeds)"] if compare_to else [])
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
