@@ -151,7 +151,8 @@ def test_tied_codebooks_use_their_codes_stay_near_their_token_rows_and_the_loss_
 
 def test_negative_loss_reads_the_generation_steps_log_probs(tiny_semconv, monkeypatch):
     """NEG reuses the per-level log-softmax the generation step computed: same value, half the head's work."""
-    model, batch, _ = tiny_semconv(seq_weight=1.0, text_weight=0.0, query_weight=0.0, neg_weight=0.5)
+    options = {"seq_weight": 1.0, "text_weight": 0.0, "query_weight": 0.0, "item_loss_weight": 0.0}
+    model, batch, _ = tiny_semconv(**options, neg_weight=0.5)
     model.eval()
     head = model.code_head
     with torch.no_grad():
@@ -215,9 +216,9 @@ def test_item_loss_adds_the_cross_entropy_of_the_target_among_every_item(tiny_se
 
 
 def test_stage_one_item_input_adds_a_projection_of_the_stage_one_embedding(tiny_semconv):
-    """Issue 32: each history position can read stage 1's item embedding beside its four tokens; off by default."""
-    plain, batch, _ = tiny_semconv()
-    model, _, _ = tiny_semconv(stage_one_item_input=True)
+    """Issue 32: each history position can read stage 1's item embedding beside its four tokens (the default)."""
+    plain, batch, _ = tiny_semconv(stage_one_item_input=False)
+    model, _, _ = tiny_semconv()
     assert plain.stage_one_item_projection is None
     assert torch.equal(model.stage_one_item_embeddings, torch.from_numpy(model.artifact.embeddings))
     plain.eval(), model.eval()
@@ -246,7 +247,7 @@ def test_item_tokens_join_the_vocabulary_and_round_trip_unsplit(tiny_semconv):
 
 
 def test_beam_search_emits_only_valid_items(tiny_semconv):
-    model, _, test_data = tiny_semconv(code_head="autoregressive", beam_size=20)
+    model, _, test_data = tiny_semconv(code_head="autoregressive", beam_size=20, item_loss_weight=0.0)
     model.eval()
     batch = next(iter(test_data))[0]
     with torch.no_grad():
