@@ -385,6 +385,11 @@ def plot_valid_curves(rows, title, path):
     return True
 
 
+def per_level(values, digits=2):
+    """One cell for a per-level statistic: the values, comma-separated, at `digits` decimals."""
+    return ", ".join(f"{value:.{digits}f}" for value in values)
+
+
 def artifact_stats(row):
     """The code statistics of a row's first run: its own artifact's, else its stage 1's; None if not recorded."""
     record = row["runs"][0]
@@ -400,8 +405,8 @@ def code_table(rows):
         stats = artifact_stats(row)
         if not stats:
             continue
-        utilization = ", ".join(f"{u:.2f}" for u in stats["utilization"])
-        perplexity = ", ".join(f"{p:.0f}" for p in stats["perplexity"])
+        utilization = per_level(stats["utilization"])
+        perplexity = per_level(stats["perplexity"], digits=0)
         lines.append(
             f"| {row['label']} | {stats['method']} | {stats['levels']} x {stats['codebook_size']} | "
             f"{stats['collision_rate_before']:.4f} → {stats['collision_rate_after']:.4f} | "
@@ -421,10 +426,6 @@ def code_table(rows):
 def token_tie_table(rows):
     """Markdown lines: how close each code of a token-space RQ-VAE (SemConv) sits to its language-model token row,
     tied or not (the untied codebooks are matched to token rows after training, so the two compare)."""
-
-    def per_level(values, digits=2):
-        return ", ".join(f"{value:.{digits}f}" for value in values)
-
     lines = []
     for row in rows:
         stats = artifact_stats(row)
