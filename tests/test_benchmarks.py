@@ -442,16 +442,22 @@ def test_hits_by_popularity_buckets_targets_and_counts_the_users_each_model_alon
     # 4 users; targets 1, 2, 2, 3 with 2, 7, 7, 150 training interactions
     targets, counts = torch.tensor([1, 2, 2, 3]), torch.tensor([0, 2, 7, 150])
     ranks = {"a.pth": torch.tensor([0, 12, 3, 40]), "b.pth": torch.tensor([9, 2, 30, 0])}
-    monkeypatch.setattr(hits_by_popularity, "target_ranks", lambda path: (path, ranks[path], targets, counts))
+    top_is_last = {"a.pth": torch.tensor([False, True, True, True]), "b.pth": torch.zeros(4, dtype=torch.bool)}
+    monkeypatch.setattr(
+        hits_by_popularity, "target_ranks", lambda path: (path, ranks[path], targets, counts, top_is_last[path])
+    )
     result = hits_by_popularity.compare(["a.pth", "b.pth"], k=10)
     assert result["users_hit"] == {"both": 0.25, "only a.pth": 0.25, "only b.pth": 0.5}
+    assert result["top_item_is_last_input_item"] == {"a.pth": 0.75, "b.pth": 0.0}
     assert result["hit_at"]["a.pth"][1] == 0.25 and result["hit_at"]["b.pth"][50] == 1.0
     buckets = {tuple(b["train_interactions"]): (b["users"], b["hit@10"]) for b in result["by_target_popularity"]}
     assert buckets[(0, 4)] == (1, {"a.pth": 1.0, "b.pth": 1.0})
     assert buckets[(5, 9)] == (2, {"a.pth": 0.5, "b.pth": 0.5})
     assert buckets[(100, 150)] == (1, {"a.pth": 0.0, "b.pth": 1.0})
     monkeypatch.setattr(
-        hits_by_popularity, "target_ranks", lambda path: (path, ranks["a.pth"], targets + (path == "b.pth"), counts)
+        hits_by_popularity,
+        "target_ranks",
+        lambda path: (path, ranks["a.pth"], targets + (path == "b.pth"), counts, top_is_last["a.pth"]),
     )
     with pytest.raises(ValueError, match="test targets differ"):
         hits_by_popularity.compare(["a.pth", "b.pth"], k=10)
