@@ -1,6 +1,7 @@
 """benchmarks/: the suite runner (plan, skip, resume, adopt), the report, and the speed measurements."""
 
 import json
+import math
 import pathlib
 import sys
 
@@ -441,23 +442,30 @@ def test_serving_measurement_records_precache_lookup_and_online_latency(fast_run
 def test_hits_by_popularity_buckets_targets_and_counts_the_users_each_model_alone_hits(monkeypatch):
     # 4 users; targets 1, 2, 2, 3 with 2, 7, 7, 150 training interactions
     targets, counts = torch.tensor([1, 2, 2, 3]), torch.tensor([0, 2, 7, 150])
-    ranks = {"a.pth": torch.tensor([0, 12, 3, 40]), "b.pth": torch.tensor([9, 2, 30, 0])}
+    ranks = {"a.pth": torch.tensor([0, 10, 3, 40]), "b.pth": torch.tensor([9, 2, 30, 0])}
     top_is_last = {"a.pth": torch.tensor([False, True, True, True]), "b.pth": torch.zeros(4, dtype=torch.bool)}
-    monkeypatch.setattr(
-        hits_by_popularity, "target_ranks", lambda path: (path, ranks[path], targets, counts, top_is_last[path])
-    )
+
+    def fake_ranks(path, shift=0):
+        # excluding the last input item lifts a's targets by one place where a put that item first
+        lifted = ranks[path] - top_is_last[path].long()
+        by_exclusion = dict(zip(hits_by_popularity.EXCLUSIONS, (ranks[path], lifted, lifted)))
+        return hits_by_popularity.TargetRanks(path, by_exclusion, targets + shift, counts, top_is_last[path])
+
+    monkeypatch.setattr(hits_by_popularity, "target_ranks", fake_ranks)
     result = hits_by_popularity.compare(["a.pth", "b.pth"], k=10)
     assert result["users_hit"] == {"both": 0.25, "only a.pth": 0.25, "only b.pth": 0.5}
-    assert result["top_item_is_last_input_item"] == {"a.pth": 0.75, "b.pth": 0.0}
     assert result["hit_at"]["a.pth"][1] == 0.25 and result["hit_at"]["b.pth"][50] == 1.0
+    assert result["top_item_is_last_input_item"] == {"a.pth": 0.75, "b.pth": 0.0}
+    as_evaluated, last_excluded = (result["if_excluded"][name] for name in hits_by_popularity.EXCLUSIONS[:2])
+    assert as_evaluated["a.pth"]["recall@10"] == 0.5 and last_excluded["a.pth"]["recall@10"] == 0.75
+    # hits at ranks 0 and 3; with the last input item excluded, at ranks 0, 9 and 2
+    assert as_evaluated["a.pth"]["ndcg@10"] == pytest.approx((1 + 1 / math.log2(5)) / 4)
+    assert last_excluded["a.pth"]["ndcg@10"] == pytest.approx((1 + 1 / math.log2(11) + 1 / math.log2(4)) / 4)
+    assert last_excluded["b.pth"] == as_evaluated["b.pth"]
     buckets = {tuple(b["train_interactions"]): (b["users"], b["hit@10"]) for b in result["by_target_popularity"]}
     assert buckets[(0, 4)] == (1, {"a.pth": 1.0, "b.pth": 1.0})
     assert buckets[(5, 9)] == (2, {"a.pth": 0.5, "b.pth": 0.5})
     assert buckets[(100, 150)] == (1, {"a.pth": 0.0, "b.pth": 1.0})
-    monkeypatch.setattr(
-        hits_by_popularity,
-        "target_ranks",
-        lambda path: (path, ranks["a.pth"], targets + (path == "b.pth"), counts, top_is_last["a.pth"]),
-    )
+    monkeypatch.setattr(hits_by_popularity, "target_ranks", lambda path: fake_ranks(path, shift=path == "b.pth"))
     with pytest.raises(ValueError, match="test targets differ"):
         hits_by_popularity.compare(["a.pth", "b.pth"], k=10)
