@@ -50,8 +50,11 @@ def target_ranks(checkpoint):
         scores[:, 0] = -torch.inf
         history = interaction[item_list][positive_u]  # [B, T], padding 0 (already -inf)
         last_items = history.gather(1, (interaction[lengths][positive_u] - 1).unsqueeze(1))  # [B, 1]
-        excluded = {EXCLUSIONS[0]: scores, EXCLUSIONS[1]: scores.scatter(1, last_items, -torch.inf)}
-        excluded[EXCLUSIONS[2]] = scores.scatter(1, history, -torch.inf)
+        excluded = {
+            EXCLUSIONS[0]: scores,
+            EXCLUSIONS[1]: scores.scatter(1, last_items, -torch.inf),
+            EXCLUSIONS[2]: scores.scatter(1, history, -torch.inf),
+        }
         target_scores = scores[positive_u, positive_i].unsqueeze(1)
         for exclusion, ranked in excluded.items():
             ranks[exclusion].append((ranked > target_scores).sum(1))
