@@ -5,7 +5,8 @@
 Every number in RESULTS.md comes from a run record (or, for rows labelled "published", from
 `benchmarks/reference.yaml`, transcribed from the papers; see docs/design.md). Tables show mean +- std over
 seeds, the best of our rows per column in bold and, where a suite names a `proposed` model and its `baselines`,
-the proposed model's change over the best baseline in %.
+the proposed model's change over the best baseline in %; a head-to-head section sets the proposed model against
+every baseline (and any row a suite's `versus` names against its list) and our rows beside the published ones.
 """
 
 import argparse
@@ -272,6 +273,100 @@ def summary_section(suites, records, references):
         *lines,
         "",
     ]
+
+
+VERSUS_HEADER = [
+    "dataset",
+    "ours",
+    "against",
+    "its train+valid min",
+    *[
+        column
+        for short in map(short_name, SUMMARY_METRICS)
+        for column in (f"its {short}", f"{short} vs it", f"{short} significance")
+    ],
+]
+PUBLISHED_HEADER = [
+    "dataset",
+    "ours",
+    *map(short_name, SUMMARY_METRICS),
+    "train+valid min",
+    "published",
+    "its R@10 / N@10",
+    "N@10 vs it",
+]
+
+
+def versus_cells(ours, other):
+    """A head-to-head line's cells after dataset and ours: the other row, its minutes, and per summary metric its
+    value, ours against it in % and the verdict."""
+    cells = [f"{other['label']} ({seed_count(other)})", f"{other['fit_s'] / 60:.0f}"]
+    for metric in SUMMARY_METRICS:
+        if ours[metric][0] is None or not other[metric][0]:
+            cells += ["–"] * 3
+            continue
+        change = 100.0 * (ours[metric][0] - other[metric][0]) / other[metric][0]
+        cells += [format_value(*other[metric]), f"{change:+.1f}%", significance(ours, other, metric)]
+    return cells
+
+
+def matches_published(label, model):
+    """Whether our row `label` runs the published `model`: the same name, or the name and a note in parentheses."""
+    return label == model or label.startswith(f"{model} (")
+
+
+def head_to_head_section(suites, records, references):
+    """For each dataset of a `summary: true` suite, (1) the proposed model against every baseline, and each row that
+    the suite's `versus` names ({label: [labels]}) against every row it lists, each metric with its own verdict;
+    (2) each of our rows beside the published numbers of the same model (reference.yaml), N@10 against them."""
+    versus_lines, published_lines = [], []
+    for suite_name, suite in suites.items():
+        if not suite.get("summary"):
+            continue
+        versus = {suite["proposed"]: suite.get("baselines", []), **suite.get("versus", {})}
+        suite_records = records.get(suite_name, [])
+        for dataset in suite.get("datasets") or sorted({r["dataset"] for r in suite_records}):
+            rows = {row["label"]: row for row in group_rows([r for r in suite_records if r["dataset"] == dataset])}
+            for label, others in versus.items():
+                if label not in rows:
+                    continue
+                ours = rows[label]
+                for other in (rows[name] for name in others if name in rows):
+                    cells = [dataset, f"{label} ({seed_count(ours)})", *versus_cells(ours, other)]
+                    versus_lines.append("| " + " | ".join(cells) + " |")
+            for row in rows.values():
+                for ref in references.get(dataset, []):
+                    if not matches_published(row["label"], ref["model"]):
+                        continue
+                    cells = [dataset, f"{row['label']} ({seed_count(row)})"]
+                    cells += [format_value(*row[metric]) for metric in SUMMARY_METRICS]
+                    cells += [f"{row['fit_s'] / 60:.0f}", f"{ref['model']} ({ref['source']})"]
+                    cells.append(" / ".join(f"{ref[m]:.4f}" if m in ref else "–" for m in ("recall@10", "ndcg@10")))
+                    ours, theirs = row["ndcg@10"][0], ref.get("ndcg@10")
+                    cells.append(f"{100.0 * (ours - theirs) / theirs:+.1f}%" if ours is not None and theirs else "–")
+                    published_lines.append("| " + " | ".join(cells) + " |")
+    if not versus_lines and not published_lines:
+        return []
+    lines = [
+        "## Head to head",
+        "",
+        "The proposed model against every baseline, and each row a suite's `versus` names against the rows it lists,",
+        "with the summary's significance rule; then our rows beside the published numbers of the same model.",
+        "Minutes are training + validation per run, as in the suites' tables (stage 2 only for two-stage rows).",
+        "",
+        "| " + " | ".join(VERSUS_HEADER) + " |",
+        "|" + "---|" * len(VERSUS_HEADER),
+        *versus_lines,
+        "",
+    ]
+    if published_lines:
+        lines += [
+            "| " + " | ".join(PUBLISHED_HEADER) + " |",
+            "|" + "---|" * len(PUBLISHED_HEADER),
+            *published_lines,
+            "",
+        ]
+    return lines
 
 
 def change_against(row, rows, compare_to, metric="ndcg@10"):
@@ -560,6 +655,7 @@ def build_report(results_dir=BENCHMARKS / "results", suites_dir=BENCHMARKS / "su
     ]
     suites = {path.stem: load_yaml(path) for path in sorted(pathlib.Path(suites_dir).glob("*.yaml"))}
     lines += summary_section(suites, records, references)
+    lines += head_to_head_section(suites, records, references)
     for suite_name, suite_records in records.items():
         suite = suites.get(suite_name, {})
         if suite.get("kind") == "speed":

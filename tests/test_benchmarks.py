@@ -223,7 +223,8 @@ def _summary_lines(records, suite, tmp_path):
     (results / "main.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     (suites / "main.yaml").write_text(yaml.safe_dump(suite))
     text = report.build_report(results, suites, tmp_path / "plots")
-    summary = text[text.index("## Summary") : text.index("## main")]
+    start = text.index("## Summary")
+    summary = text[start : text.index("\n## ", start)]
     table = [line.strip("| ").split(" | ") for line in summary.splitlines() if line.startswith("| ")]
     header, lines = table[0], table[1:]
     assert all(len(cells) == len(header) for cells in lines)
@@ -266,6 +267,29 @@ def test_summary_picks_and_tests_the_best_baseline_per_metric(tmp_path):
     assert line["R@10 significance"] == "not significant (difference 0.0030 vs 2 std 0.0117)"
     # The text states what the rule computes: the spread of two single runs, not of two means.
     assert "sqrt(std_a²/n_a + std_b²/n_b)" in summary and "conservative" in summary
+
+
+def test_head_to_head_sets_each_row_against_every_row_it_names_and_beside_its_published_numbers():
+    records = [_record("Base", 0, 0.030, recall=0.080), _record("Base", 1, 0.032, recall=0.082)]
+    records += [_record("New", 0, 0.040, recall=0.070), _record("New", 1, 0.042, recall=0.072)]
+    records += [_record("Gen (text)", 0, 0.020, recall=0.050), _record("Other", 0, 0.050)]
+    suite = {"summary": True, "proposed": "New", "baselines": ["Base"], "versus": {"Gen (text)": ["New", "Base"]}}
+    references = {"d": [{"model": "Gen", "source": "its paper", "recall@10": 0.06, "ndcg@10": 0.025}]}
+    lines = report.head_to_head_section({"main": suite}, {"main": records}, references)
+    rows = [row.strip("| ").split(" | ") for row in lines if row.startswith("| d |")]
+    versus = [dict(zip(report.VERSUS_HEADER, cells)) for cells in rows if len(cells) == len(report.VERSUS_HEADER)]
+    assert [(line["ours"], line["against"]) for line in versus] == [
+        ("New (2 seeds)", "Base (2 seeds)"),
+        ("Gen (text) (1 seed)", "New (2 seeds)"),
+        ("Gen (text) (1 seed)", "Base (2 seeds)"),
+    ]  # "Other" is nobody's baseline
+    assert versus[0]["R@10 vs it"] == "-12.3%" and versus[0]["N@10 vs it"] == "+32.3%"  # .071 vs .081, .041 vs .031
+    assert versus[0]["R@10 significance"].startswith("significant") and versus[0]["its train+valid min"] == "10"
+    assert versus[1]["N@10 significance"] == "not tested (1 seed)"
+    published = [cells for cells in rows if len(cells) == len(report.PUBLISHED_HEADER)]
+    assert published == [
+        ["d", "Gen (text) (1 seed)", "0.0500", "0.0200", "10", "Gen (its paper)", "0.0600 / 0.0250", "-20.0%"]
+    ]
 
 
 def test_summary_suites_count_the_proposed_models_stage_one_among_the_baselines():
