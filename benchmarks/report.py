@@ -78,6 +78,11 @@ def mean_std(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
+def markdown_table(header, lines):
+    """A Markdown table: the header, its rule, the (already formatted) `lines`, a blank line."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines, ""]
+
+
 def format_value(mean, std, bold=False):
     if mean is None:
         return "–"
@@ -268,10 +273,7 @@ def summary_section(suites, records, references):
         "difference between two single runs, not between the two means (sqrt(std_a²/n_a + std_b²/n_b)), so the",
         "rule is conservative, stricter than a test on the means.",
         "",
-        "| " + " | ".join(SUMMARY_HEADER) + " |",
-        "|" + "---|" * len(SUMMARY_HEADER),
-        *lines,
-        "",
+        *markdown_table(SUMMARY_HEADER, lines),
     ]
 
 
@@ -354,19 +356,9 @@ def head_to_head_section(suites, records, references):
         "with the summary's significance rule; then our rows beside the published numbers of the same model.",
         "Minutes are training + validation per run, as in the suites' tables (stage 2 only for two-stage rows).",
         "",
-        "| " + " | ".join(VERSUS_HEADER) + " |",
-        "|" + "---|" * len(VERSUS_HEADER),
-        *versus_lines,
-        "",
+        *markdown_table(VERSUS_HEADER, versus_lines),
     ]
-    if published_lines:
-        lines += [
-            "| " + " | ".join(PUBLISHED_HEADER) + " |",
-            "|" + "---|" * len(PUBLISHED_HEADER),
-            *published_lines,
-            "",
-        ]
-    return lines
+    return lines + (markdown_table(PUBLISHED_HEADER, published_lines) if published_lines else [])
 
 
 def change_against(row, rows, compare_to, metric="ndcg@10"):
