@@ -82,8 +82,14 @@ def test_training_windows_teach_every_training_target_once_and_keep_valid_and_te
 
 @pytest.mark.parametrize(
     "model_class, options",
-    [(TIGER, {}), (PRORec, {}), (PRORec, {"stage_one_fusion": 0.3}), (TIGER, {"bf16": True})],
-    ids=["TIGER", "PRORec", "PRORec_fusion", "TIGER_bf16_layers"],
+    [
+        (TIGER, {}),
+        (PRORec, {}),
+        (PRORec, {"stage_one_fusion": 0.3}),
+        (PRORec, {"item_id_output": True}),
+        (TIGER, {"bf16": True}),
+    ],
+    ids=["TIGER", "PRORec", "PRORec_fusion", "PRORec_item_id_output", "TIGER_bf16_layers"],
 )
 def test_parallel_head_scores_every_item_with_its_code_log_probability(fast_run_config, model_class, options):
     """predict and full_sort_predict agree item by item (fusion included), in float32 even after bf16 layers."""
@@ -109,6 +115,34 @@ def test_item_logits_rank_as_the_exact_code_scores(fast_run_config):
     assert torch.isinf(logits[:, 0]).all() and torch.isfinite(logits[:, 1:]).all()
     gap = logits[:, 1:] - exact[:, 1:]
     torch.testing.assert_close(gap, gap[:, :1].expand_as(gap))
+
+
+def test_item_id_output_adds_each_items_id_embedding_score_to_training_and_ranking(fast_run_config):
+    """With item_id_output, the item-level loss and the ranking both read code logits + state . item embedding;
+    the item-level logits still differ from the ranked scores by one constant per state."""
+    options = {**DETERMINISTIC, "kd_item_weight": 0, "kd_history_weight": 0, "item_loss_weight": 1.0}
+    _, model, (train_data, valid_data, _) = prepared(PRORec, fast_run_config, item_id_output=True, **options)
+    model.eval()
+    interaction = next(iter(valid_data))[0][:3]
+    with torch.no_grad():
+        state = model.last_states(interaction)
+        codes_only = model.code_head.all_item_scores(state, model.item_codes)
+        table = model.sequence_encoder.item_embedding.weight
+        torch.testing.assert_close(model.full_sort_predict(interaction), codes_only + state @ table.T)
+        batch = next(iter(train_data))
+        step = model.generation_step(batch)
+        log_p = model.code_head.all_item_scores(step.target_state, model.item_codes) + step.target_state @ table.T
+        item_ce = -log_p[:, 1:].log_softmax(-1).gather(1, step.target_items.unsqueeze(1) - 1).mean()
+        expected = -step.code_log_probs.mean() + item_ce
+        assert model.calculate_loss(batch).item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "options", [{"item_id_input": False}, {"item_id_input": True, "code_head": "autoregressive", "item_loss_weight": 0}]
+)
+def test_item_id_output_needs_the_item_id_input_and_the_parallel_head(fast_run_config, options):
+    with pytest.raises(ValueError, match="item_id_output scores every item by its item-ID embedding"):
+        prepared(TIGER, fast_run_config, item_id_output=True, **options)
 
 
 @pytest.mark.parametrize(

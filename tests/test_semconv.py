@@ -187,6 +187,7 @@ def test_negative_loss_reads_the_generation_steps_log_probs(tiny_semconv, monkey
     "option, value",
     [
         ("item_id_input", True),
+        ("item_id_output", True),
         ("rqvae_levels", 2),
         ("d_model", 64),
     ],

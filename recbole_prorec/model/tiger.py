@@ -118,6 +118,9 @@ class TIGER(SequentialRecommender):
     - `seq2seq`: TIGER's paper layout, an encoder-decoder (`CodeSeq2Seq`) trained on every prefix and ranked by
       constrained beam search (`properties/layout/seq2seq.yaml`).
 
+    `item_id_output` (item-causal layout, parallel head, with `item_id_input`) adds `state . e_i`, the item's own
+    ID embedding, to its code logits in the item-level loss and the ranking: a dense item vector beside the codes.
+
     `full_sort_predict` returns `[B, n_items]`: exact scores, or beam log-probabilities for the `beam_size`
     generated items and -inf elsewhere, so RecBole's metrics apply unchanged. `predict` scores given items by the
     teacher-forced log-probability of their code tuple (the same quantity).
@@ -156,6 +159,15 @@ class TIGER(SequentialRecommender):
             raise ValueError(
                 "item_loss_weight > 0 needs layout 'item_causal' with code_head 'parallel' (one softmax over every "
                 f"item's summed code logits), got layout {config['layout']!r}, code_head {config['code_head']!r}"
+            )
+        self.item_id_output = bool(config["item_id_output"])
+        if self.item_id_output and not (
+            config["item_id_input"] and config["layout"] == "item_causal" and config["code_head"] == "parallel"
+        ):
+            raise ValueError(
+                "item_id_output scores every item by its item-ID embedding beside its code logits: it needs "
+                "item_id_input: True, layout 'item_causal' and code_head 'parallel', got "
+                f"{config['item_id_input']!r}, {config['layout']!r}, {config['code_head']!r}"
             )
         self.initializer_range = config["initializer_range"]
 
@@ -303,9 +315,19 @@ class TIGER(SequentialRecommender):
             # over the real items only (item i is class i - 1): label smoothing gives every class mass, and the
             # padding item would need masking, an extra copy of the largest tensor of the step
             logits = self.code_head.item_logits(state, self.item_codes[1:]).float()  # [N, item_num - 1]
+            if self.item_id_output:
+                logits = logits + self.item_id_scores(state, rows=slice(1, None)).float()
             item_ce = F.cross_entropy(logits, items - 1, label_smoothing=self.item_label_smoothing)
             loss = loss + self.item_loss_weight * item_ce
         return loss
+
+    def item_id_scores(self, state, items=None, rows=slice(None)):
+        """`item_id_output`: `state [N, d]` dotted with the item-ID embeddings the history reads (tied, as in
+        SASRec): `[N]` for one item per state `items [N]`, else `[N, n]` for the table's `rows`."""
+        table = self.sequence_encoder.item_embedding.weight
+        if items is not None:
+            return (state * table[items]).sum(-1)
+        return F.linear(state, table[rows])
 
     def calculate_loss(self, interaction):
         with self.autocast():
@@ -319,8 +341,9 @@ class TIGER(SequentialRecommender):
                 output = self.seq2seq(self.history_codes(interaction), codes, interaction[self.USER_ID])
                 return self.seq2seq.code_log_probs(output.logits, codes).sum(-1)  # [B]
         with self.autocast():
-            state = self.last_states(interaction)  # [B, d]
-        return self.code_head.code_log_probs(state.float(), codes).sum(-1)  # [B], float32 as full_sort_predict
+            state = self.last_states(interaction).float()  # [B, d], float32 as full_sort_predict
+        scores = self.code_head.code_log_probs(state, codes).sum(-1)  # [B]
+        return scores + self.item_id_scores(state, target_items) if self.item_id_output else scores
 
     def full_sort_predict(self, interaction):
         """`[B, n_items]` scores. The item-causal code head scores in float32 (from the state, which may come from
@@ -334,7 +357,8 @@ class TIGER(SequentialRecommender):
             with self.autocast():
                 state = self.last_states(interaction).float()  # [B, d]
             if not self.code_head.autoregressive:
-                return self.code_head.all_item_scores(state, self.item_codes)  # [B, n_items]
+                scores = self.code_head.all_item_scores(state, self.item_codes)  # [B, n_items], padding -inf
+                return scores.add_(self.item_id_scores(state)) if self.item_id_output else scores
             items, scores = self.head_beam_search(state)
         all_scores = scores.new_full((scores.shape[0], self.n_items), -torch.inf)  # [B, n_items]
         return all_scores.scatter_(1, items, scores)
