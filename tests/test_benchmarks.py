@@ -293,7 +293,8 @@ def test_head_to_head_sets_each_row_against_every_row_it_names_and_beside_its_pu
 
 
 def test_summary_suites_count_the_proposed_models_stage_one_among_the_baselines():
-    """PRORecTokenizer retrieves on its own, so PRORec's gain must be measured against it too."""
+    """PRORecTokenizer retrieves on its own, so PRORec's gain must be measured against it too; a head-to-head line
+    (`versus`) that named no run of the suite would silently vanish from RESULTS.md."""
     for path in sorted((BENCHMARKS / "suites").glob("*.yaml")):
         suite = yaml.safe_load(path.read_text())
         if not suite.get("summary"):
@@ -301,6 +302,11 @@ def test_summary_suites_count_the_proposed_models_stage_one_among_the_baselines(
         models = {entry.get("label", entry["model"]): entry["model"] for entry in suite["runs"]}
         assert set(suite["baselines"]) <= set(models), path.name  # every baseline names a run of the suite
         assert "PRORecTokenizer" in {models[label] for label in suite["baselines"]}, path.name
+        for label, others in suite.get("versus", {}).items():  # head-to-head lines name runs or their stage 1
+            stage_ones = {
+                f"{run}: stage 1 ({model})" for run in models for model in ("PRORecTokenizer", "SemConvTokenizer")
+            }
+            assert label in models and set(others) <= set(models) | stage_ones, (path.name, label)
 
 
 def test_precision_note_tells_bf16_float32_no_option_and_old_records_apart():
