@@ -78,9 +78,18 @@ def mean_std(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
+def markdown_row(cells):
+    return "| " + " | ".join(cells) + " |"
+
+
 def markdown_table(header, lines):
     """A Markdown table: the header, its rule, the (already formatted) `lines`, a blank line."""
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines, ""]
+    return [markdown_row(header), "|" + "---|" * len(header), *lines, ""]
+
+
+def percent_change(ours, theirs):
+    """'+x.x%': `ours` against `theirs` (nonzero)."""
+    return f"{100.0 * (ours - theirs) / theirs:+.1f}%"
 
 
 def format_value(mean, std, bold=False):
@@ -225,7 +234,7 @@ def comparison_cells(ours, best, metric):
     return [
         f"{best['label']} ({seed_count(best)})",
         format_value(*best[metric]),
-        f"{100.0 * (ours[metric][0] - best[metric][0]) / best[metric][0]:+.1f}%",
+        percent_change(ours[metric][0], best[metric][0]),
         significance(ours, best, metric),
     ]
 
@@ -259,9 +268,9 @@ def summary_section(suites, records, references):
             published = f"{tiger['recall@10']:.4f} / {tiger['ndcg@10']:.4f}" if tiger else "–"
             against_published = "–"
             if tiger and ours is not None:
-                against_published = f"{100.0 * (ours['ndcg@10'][0] - tiger['ndcg@10']) / tiger['ndcg@10']:+.1f}%"
+                against_published = percent_change(ours["ndcg@10"][0], tiger["ndcg@10"])
             cells += [published, against_published]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(markdown_row(cells))
     if not lines:
         return []
     return [
@@ -307,8 +316,11 @@ def versus_cells(ours, other):
         if ours[metric][0] is None or not other[metric][0]:
             cells += ["–"] * 3
             continue
-        change = 100.0 * (ours[metric][0] - other[metric][0]) / other[metric][0]
-        cells += [format_value(*other[metric]), f"{change:+.1f}%", significance(ours, other, metric)]
+        cells += [
+            format_value(*other[metric]),
+            percent_change(ours[metric][0], other[metric][0]),
+            significance(ours, other, metric),
+        ]
     return cells
 
 
@@ -317,11 +329,26 @@ def matches_published(label, model):
     return label == model or label.startswith(f"{model} (")
 
 
+def published_lines(dataset, rows, references):
+    """Lines of PUBLISHED_HEADER: each of our `rows` beside every published row of the same model."""
+    lines = []
+    for row in rows:
+        for ref in (ref for ref in references.get(dataset, []) if matches_published(row["label"], ref["model"])):
+            ours, theirs = row["ndcg@10"][0], ref.get("ndcg@10")
+            cells = [dataset, f"{row['label']} ({seed_count(row)})"]
+            cells += [format_value(*row[metric]) for metric in SUMMARY_METRICS]
+            cells += [f"{row['fit_s'] / 60:.0f}", f"{ref['model']} ({ref['source']})"]
+            cells.append(" / ".join(f"{ref[m]:.4f}" if m in ref else "–" for m in ("recall@10", "ndcg@10")))
+            cells.append(percent_change(ours, theirs) if ours is not None and theirs else "–")
+            lines.append(markdown_row(cells))
+    return lines
+
+
 def head_to_head_section(suites, records, references):
     """For each dataset of a `summary: true` suite, (1) the proposed model against every baseline, and each row that
     the suite's `versus` names ({label: [labels]}) against every row it lists, each metric with its own verdict;
     (2) each of our rows beside the published numbers of the same model (reference.yaml), N@10 against them."""
-    versus_lines, published_lines = [], []
+    versus_lines, beside_published = [], []
     for suite_name, suite in suites.items():
         if not suite.get("summary"):
             continue
@@ -335,19 +362,9 @@ def head_to_head_section(suites, records, references):
                 ours = rows[label]
                 for other in (rows[name] for name in others if name in rows):
                     cells = [dataset, f"{label} ({seed_count(ours)})", *versus_cells(ours, other)]
-                    versus_lines.append("| " + " | ".join(cells) + " |")
-            for row in rows.values():
-                for ref in references.get(dataset, []):
-                    if not matches_published(row["label"], ref["model"]):
-                        continue
-                    cells = [dataset, f"{row['label']} ({seed_count(row)})"]
-                    cells += [format_value(*row[metric]) for metric in SUMMARY_METRICS]
-                    cells += [f"{row['fit_s'] / 60:.0f}", f"{ref['model']} ({ref['source']})"]
-                    cells.append(" / ".join(f"{ref[m]:.4f}" if m in ref else "–" for m in ("recall@10", "ndcg@10")))
-                    ours, theirs = row["ndcg@10"][0], ref.get("ndcg@10")
-                    cells.append(f"{100.0 * (ours - theirs) / theirs:+.1f}%" if ours is not None and theirs else "–")
-                    published_lines.append("| " + " | ".join(cells) + " |")
-    if not versus_lines and not published_lines:
+                    versus_lines.append(markdown_row(cells))
+            beside_published += published_lines(dataset, rows.values(), references)
+    if not versus_lines and not beside_published:
         return []
     lines = [
         "## Head to head",
@@ -358,7 +375,7 @@ def head_to_head_section(suites, records, references):
         "",
         *markdown_table(VERSUS_HEADER, versus_lines),
     ]
-    return lines + (markdown_table(PUBLISHED_HEADER, published_lines) if published_lines else [])
+    return lines + (markdown_table(PUBLISHED_HEADER, beside_published) if beside_published else [])
 
 
 def change_against(row, rows, compare_to, metric="ndcg@10"):
@@ -376,7 +393,7 @@ def change_against(row, rows, compare_to, metric="ndcg@10"):
     if not shared:
         return ""
     mine, base = (statistics.fmean(values[seed] for seed in shared) for values in (ours, theirs))
-    return f"{100.0 * (mine - base) / base:+.1f}%" if base else ""
+    return percent_change(mine, base) if base else ""
 
 
 def metric_table(rows, published, compare_to=None):
@@ -392,7 +409,7 @@ def metric_table(rows, published, compare_to=None):
         + ["best/run epochs per seed", "s / train epoch", "train+valid min", "test eval s", "peak RSS MB"]
         + (["N@10 vs full (same seeds)"] if compare_to else [])
     )
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = markdown_table(header, [])[:-1]  # header and rule
     for row in rows:
         cells = [row["label"], str(len(row["seeds"]))]
         cells += [format_value(*row[m], bold=row[m][0] is not None and row[m][0] == best[m]) for m in METRICS]
@@ -404,11 +421,11 @@ def metric_table(rows, published, compare_to=None):
             f"{row['rss']:.0f}",
         ]
         cells += [change_against(row, rows, compare_to)] if compare_to else []
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(markdown_row(cells))
     for ref in published:
         cells = [f"{ref['model']} (published: {ref['source']})", "–"]
         cells += [f"{ref[m]:.4f}" if m in ref else "–" for m in METRICS] + ["–"] * (len(header) - 2 - len(METRICS))
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(markdown_row(cells))
     return "\n".join(lines)
 
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 import yaml
 
+from recbole_prorec.registry import get_model
+
 BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
@@ -304,7 +306,9 @@ def test_summary_suites_count_the_proposed_models_stage_one_among_the_baselines(
         assert "PRORecTokenizer" in {models[label] for label in suite["baselines"]}, path.name
         for label, others in suite.get("versus", {}).items():  # head-to-head lines name runs or their stage 1
             stage_ones = {
-                f"{run}: stage 1 ({model})" for run in models for model in ("PRORecTokenizer", "SemConvTokenizer")
+                f"{run}: stage 1 ({get_model(model).stage_one_model})"
+                for run, model in models.items()
+                if getattr(get_model(model), "stage_one_model", None)
             }
             assert label in models and set(others) <= set(models) | stage_ones, (path.name, label)
 
