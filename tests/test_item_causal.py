@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from recbole.data import create_dataset, data_preparation
 from recbole.data.interaction import Interaction
 
@@ -87,9 +88,10 @@ def test_training_windows_teach_every_training_target_once_and_keep_valid_and_te
         (PRORec, {}),
         (PRORec, {"stage_one_fusion": 0.3}),
         (PRORec, {"item_id_output": True}),
+        (PRORec, {"item_id_output": True, "code_output": False}),
         (TIGER, {"bf16": True}),
     ],
-    ids=["TIGER", "PRORec", "PRORec_fusion", "PRORec_item_id_output", "TIGER_bf16_layers"],
+    ids=["TIGER", "PRORec", "PRORec_fusion", "PRORec_item_id_output", "PRORec_id_output_only", "TIGER_bf16_layers"],
 )
 def test_parallel_head_scores_every_item_with_its_code_log_probability(fast_run_config, model_class, options):
     """predict and full_sort_predict agree item by item (fusion included), in float32 even after bf16 layers."""
@@ -135,6 +137,33 @@ def test_item_id_output_adds_each_items_id_embedding_score_to_training_and_ranki
         item_ce = -log_p[:, 1:].log_softmax(-1).gather(1, step.target_items.unsqueeze(1) - 1).mean()
         expected = -step.code_log_probs.mean() + item_ce
         assert model.calculate_loss(batch).item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_without_code_output_items_are_trained_and_ranked_by_their_id_embedding_alone(fast_run_config):
+    """code_output False: the ranking is state . item embedding, the item-level loss a softmax over it, and the
+    code head is left out of both (it only trains through the per-level code CE, here off)."""
+    options = {**DETERMINISTIC, "kd_item_weight": 0, "kd_history_weight": 0, "code_loss_weight": 0}
+    _, model, (train_data, valid_data, _) = prepared(
+        PRORec, fast_run_config, item_id_output=True, code_output=False, **options
+    )
+    model.eval()
+    interaction = next(iter(valid_data))[0][:3]
+    table = model.sequence_encoder.item_embedding.weight
+    with torch.no_grad():
+        state = model.last_states(interaction)
+        expected = (state @ table.T).index_fill(1, torch.tensor([0]), -torch.inf)
+        torch.testing.assert_close(model.full_sort_predict(interaction), expected)
+        batch = next(iter(train_data))
+        step = model.generation_step(batch)
+        logits = step.target_state @ table[1:].T
+        expected_loss = F.cross_entropy(logits, step.target_items - 1)
+        assert model.calculate_loss(batch).item() == pytest.approx(expected_loss.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("options", [{"item_id_output": False}, {"item_id_output": True, "item_loss_weight": 0}])
+def test_without_code_output_the_item_id_output_and_item_loss_are_needed(fast_run_config, options):
+    with pytest.raises(ValueError, match="code_output: False ranks items by their item-ID embedding alone"):
+        prepared(PRORec, fast_run_config, code_output=False, **options)
 
 
 @pytest.mark.parametrize(

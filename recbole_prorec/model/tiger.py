@@ -120,6 +120,8 @@ class TIGER(SequentialRecommender):
 
     `item_id_output` (item-causal layout, parallel head, with `item_id_input`) adds `state . e_i`, the item's own
     ID embedding, to its code logits in the item-level loss and the ranking: a dense item vector beside the codes.
+    With `code_output: False` it replaces them: items are ranked by their ID embedding alone and the codes are an
+    input only (a diagnostic of where stage 2's ranking is capped, issue 30).
 
     `full_sort_predict` returns `[B, n_items]`: exact scores, or beam log-probabilities for the `beam_size`
     generated items and -inf elsewhere, so RecBole's metrics apply unchanged. `predict` scores given items by the
@@ -168,6 +170,13 @@ class TIGER(SequentialRecommender):
                 "item_id_output scores every item by its item-ID embedding beside its code logits: it needs "
                 "item_id_input: True, layout 'item_causal' and code_head 'parallel', got "
                 f"{config['item_id_input']!r}, {config['layout']!r}, {config['code_head']!r}"
+            )
+        self.code_output = config["code_output"] is not False  # None (an older config): True
+        if not self.code_output and not (self.item_id_output and self.item_loss_weight):
+            raise ValueError(
+                "code_output: False ranks items by their item-ID embedding alone, trained by the item-level loss: "
+                f"set item_id_output: True and item_loss_weight > 0 with it, got {config['item_id_output']!r} and "
+                f"{self.item_loss_weight}"
             )
         self.initializer_range = config["initializer_range"]
 
@@ -314,7 +323,9 @@ class TIGER(SequentialRecommender):
         if self.item_loss_weight:
             # over the real items only (item i is class i - 1): label smoothing gives every class mass, and the
             # padding item would need masking, an extra copy of the largest tensor of the step
-            logits = self.code_head.item_logits(state, self.item_codes[1:]).float()  # [N, item_num - 1]
+            logits = 0
+            if self.code_output:
+                logits = self.code_head.item_logits(state, self.item_codes[1:]).float()  # [N, item_num - 1]
             if self.item_id_output:
                 logits = logits + self.item_id_scores(state, rows=slice(1, None)).float()
             item_ce = F.cross_entropy(logits, items - 1, label_smoothing=self.item_label_smoothing)
@@ -342,7 +353,7 @@ class TIGER(SequentialRecommender):
                 return self.seq2seq.code_log_probs(output.logits, codes).sum(-1)  # [B]
         with self.autocast():
             state = self.last_states(interaction).float()  # [B, d], float32 as full_sort_predict
-        scores = self.code_head.code_log_probs(state, codes).sum(-1)  # [B]
+        scores = self.code_head.code_log_probs(state, codes).sum(-1) if self.code_output else 0  # [B]
         return scores + self.item_id_scores(state, target_items) if self.item_id_output else scores
 
     def full_sort_predict(self, interaction):
@@ -357,6 +368,10 @@ class TIGER(SequentialRecommender):
             with self.autocast():
                 state = self.last_states(interaction).float()  # [B, d]
             if not self.code_head.autoregressive:
+                if not self.code_output:
+                    scores = self.item_id_scores(state)  # [B, n_items]
+                    scores[:, 0] = -torch.inf  # padding
+                    return scores
                 scores = self.code_head.all_item_scores(state, self.item_codes)  # [B, n_items], padding -inf
                 return scores.add_(self.item_id_scores(state)) if self.item_id_output else scores
             items, scores = self.head_beam_search(state)
