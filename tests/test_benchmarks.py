@@ -304,12 +304,12 @@ def test_summary_suites_count_the_proposed_models_stage_one_among_the_baselines(
         models = {entry.get("label", entry["model"]): entry["model"] for entry in suite["runs"]}
         assert set(suite["baselines"]) <= set(models), path.name  # every baseline names a run of the suite
         assert "PRORecTokenizer" in {models[label] for label in suite["baselines"]}, path.name
+        stage_ones = {
+            f"{run}: stage 1 ({get_model(model).stage_one_model})"
+            for run, model in models.items()
+            if getattr(get_model(model), "stage_one_model", None)
+        }
         for label, others in suite.get("versus", {}).items():  # head-to-head lines name runs or their stage 1
-            stage_ones = {
-                f"{run}: stage 1 ({get_model(model).stage_one_model})"
-                for run, model in models.items()
-                if getattr(get_model(model), "stage_one_model", None)
-            }
             assert label in models and set(others) <= set(models) | stage_ones, (path.name, label)
 
 
