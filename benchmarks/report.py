@@ -468,21 +468,32 @@ def plot_metrics(rows, title, path):
 def plot_valid_curves(rows, title, path):
     """Validation metric of each row's first seed per epoch and per second of training; False without curves.
 
-    Older records carry `[epoch, score]` points only: they are drawn against epochs alone.
+    Older records carry `[epoch, score]` points only: they are drawn against epochs alone. Records with every
+    metric per validation (`valid_metrics`) add a third panel, R@10 per epoch: early stopping reads valid_metric
+    alone, and a run may trade recall for it as it trains.
     """
-    curves = [(row["label"], row["runs"][0]["valid_curve"]) for row in rows if row["runs"][0].get("valid_curve")]
-    if not curves:
+    runs = [(row["label"], row["runs"][0]) for row in rows if row["runs"][0].get("valid_curve")]
+    if not runs:
         return False
-    fig, (by_epoch, by_time) = new_figure((12, 4), ncols=2)
-    for label, curve in curves:
+    with_recall = any(record.get("valid_metrics") for _, record in runs)
+    fig, panels = new_figure((18 if with_recall else 12, 4), ncols=3 if with_recall else 2)
+    by_epoch, by_time = panels[:2]
+    for label, record in runs:
+        curve = record["valid_curve"]
         scores = [point[1] for point in curve]
         (line,) = by_epoch.plot([point[0] for point in curve], scores, marker=".", label=label)
-        if all(len(point) > 2 for point in curve):  # the same colour per run in both panels
+        if all(len(point) > 2 for point in curve):  # the same colour per run in every panel
             by_time.plot([point[2] / 60 for point in curve], scores, marker=".", color=line.get_color())
+        if record.get("valid_metrics"):
+            epochs, metrics = zip(*record["valid_metrics"])
+            panels[2].plot(epochs, [m["recall@10"] for m in metrics], marker=".", color=line.get_color())
     by_epoch.set_xlabel("epoch")
     by_time.set_xlabel("minutes of training and validation")
     for axes in (by_epoch, by_time):
         axes.set_ylabel("validation score (valid_metric)")
+    if with_recall:
+        panels[2].set_xlabel("epoch")
+        panels[2].set_ylabel("validation R@10")
     by_epoch.set_title(title)
     by_epoch.legend(fontsize="x-small")
     save_figure(fig, path)

@@ -98,12 +98,20 @@ def ensure_dataset_files(config):
 
 
 class _EpochClock:
-    """Wall time of each training and validation epoch, recorded around the trainer's own methods."""
+    """Wall time of each training and validation epoch, and every metric of each validation, recorded around the
+    trainer's own methods (RecBole's `callback_fn` sees the `valid_metric` score alone)."""
 
     def __init__(self, trainer):
-        self.train_seconds, self.valid_seconds = [], []
+        self.train_seconds, self.valid_seconds, self.valid_results = [], [], []
         trainer._train_epoch = self._timed(trainer._train_epoch, self.train_seconds)
-        trainer._valid_epoch = self._timed(trainer._valid_epoch, self.valid_seconds)
+        timed_valid_epoch = self._timed(trainer._valid_epoch, self.valid_seconds)
+
+        def valid_epoch(*args, **kwargs):
+            score, result = timed_valid_epoch(*args, **kwargs)
+            self.valid_results.append(dict(result))
+            return score, result
+
+        trainer._valid_epoch = valid_epoch
 
     @staticmethod
     def _timed(method, seconds):
@@ -239,7 +247,8 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
     are what a stage-1 model writes its item-code artifact from.
 
     Returns a dict with the best validation and the test results, the validation score of every epoch this
-    process trained ("valid_curve": [[epoch, score, seconds of training and validation so far], ...]), epochs run,
+    process trained ("valid_curve": [[epoch, score, seconds of training and validation so far], ...], and every
+    metric of each of those validations as "valid_metrics": [[epoch, {metric: value}], ...]), epochs run,
     the best epoch, seconds per training epoch, seconds of the test evaluation, peak RSS and the config hash; for a
     two-stage model also the stage-1 result under "stage_one" (with `"reused": True` when the artifact was cached).
     """
@@ -303,10 +312,11 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
     latest_checkpoint = latest_checkpoint_path(trainer.saved_model_file) if keep_latest else None
     clock = _EpochClock(trainer)
 
-    valid_scores = []
+    valid_scores, valid_metrics = [], []
 
     def record_epoch(epoch_idx, valid_score):
         valid_scores.append((epoch_idx, valid_score, clock.elapsed()))
+        valid_metrics.append([epoch_idx, clock.valid_results[-1]])
         if latest_checkpoint:
             trainer._save_checkpoint(epoch_idx, verbose=False, saved_model_file=latest_checkpoint)
         if callback_fn is not None:
@@ -358,6 +368,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, cal
         "stopping_step": config["stopping_step"],
         "best_valid_epoch": best_epoch,
         "valid_curve": [list(point) for point in valid_scores],
+        "valid_metrics": valid_metrics,  # [[epoch, {metric: value}], ...]: what the valid_metric curve trades away
         "train_seconds_per_epoch": sum(clock.train_seconds) / max(len(clock.train_seconds), 1),
         "valid_seconds_per_epoch": sum(clock.valid_seconds) / max(len(clock.valid_seconds), 1),
         "test_eval_seconds": test_seconds,

@@ -369,6 +369,7 @@ def test_ablation_report_shows_stage_one_rows_and_changes_against_the_full_model
         **_record("Full", 0, 0.04),
         "model": "PRORec",
         "valid_curve": [[0, 0.01, 70.0], [1, 0.03, 140.0]],
+        "valid_metrics": [[0, {"recall@10": 0.05, "ndcg@10": 0.01}], [1, {"recall@10": 0.04, "ndcg@10": 0.03}]],
         "best_valid_score": 0.03,
         "stage_one": {**_record("ignored", 0, 0.05), "model": "PRORecTokenizer"},
     }

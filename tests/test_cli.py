@@ -33,6 +33,8 @@ def test_sasrec_runs_one_epoch_and_reports_metrics(fast_run_config):
     assert result["epochs_run"] == 1
     ((epoch, score, seconds),) = result["valid_curve"]
     assert (epoch, score) == (0, result["best_valid_score"]) and seconds > 0
+    ((epoch, metrics),) = result["valid_metrics"]
+    assert epoch == 0 and metrics == result["best_valid_result"]
     assert set(result["test_result"]) == {f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20)}
     checkpoint = compat.load_checkpoint(result["saved_model_file"])
     assert checkpoint["epoch"] == 0 and "state_dict" in checkpoint
