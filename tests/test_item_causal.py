@@ -166,6 +166,25 @@ def test_without_code_output_the_item_id_output_and_item_loss_are_needed(fast_ru
         prepared(PRORec, fast_run_config, code_output=False, **options)
 
 
+def test_without_code_input_history_states_do_not_read_the_item_codes(fast_run_config):
+    """code_input False: a history item enters by its item-ID embedding alone, so other codes give the same states."""
+    _, model, (_, valid_data, _) = prepared(PRORec, fast_run_config, code_input=False, bf16=False)
+    assert model.code_embedding is None
+    model.eval()
+    item_seq = next(iter(valid_data))[0][model.ITEM_SEQ][:3]
+    with torch.no_grad():
+        states = model.sequence_states(item_seq)
+        model.item_codes[1:] = model.item_codes[1:].flip(0)  # every item now carries another item's codes
+        torch.testing.assert_close(model.sequence_states(item_seq), states)
+        assert torch.equal(states, model.sequence_encoder(item_seq))
+
+
+@pytest.mark.parametrize("options", [{"item_id_input": False}, {"layout": "seq2seq", "item_loss_weight": 0}])
+def test_without_code_input_the_item_id_input_is_needed(fast_run_config, options):
+    with pytest.raises(ValueError, match="code_input: False leaves the item-ID embedding"):
+        prepared(TIGER, fast_run_config, code_input=False, **options)
+
+
 @pytest.mark.parametrize(
     "options", [{"item_id_input": False}, {"item_id_input": True, "code_head": "autoregressive", "item_loss_weight": 0}]
 )

@@ -121,7 +121,8 @@ class TIGER(SequentialRecommender):
     `item_id_output` (item-causal layout, parallel head, with `item_id_input`) adds `state . e_i`, the item's own
     ID embedding, to its code logits in the item-level loss and the ranking: a dense item vector beside the codes.
     With `code_output: False` it replaces them: items are ranked by their ID embedding alone and the codes are an
-    input only (a diagnostic of where stage 2's ranking is capped, issue 30).
+    input only (a diagnostic of where stage 2's ranking is capped, issue 30). `code_input: False` (with
+    `item_id_input`) leaves the codes out of the history too, the second half of that diagnostic.
 
     `full_sort_predict` returns `[B, n_items]`: exact scores, or beam log-probabilities for the `beam_size`
     generated items and -inf elsewhere, so RecBole's metrics apply unchanged. `predict` scores given items by the
@@ -178,6 +179,12 @@ class TIGER(SequentialRecommender):
                 f"set item_id_output: True and item_loss_weight > 0 with it, got {config['item_id_output']!r} and "
                 f"{self.item_loss_weight}"
             )
+        self.code_input = config["code_input"] is not False  # None (an older config): True
+        if not self.code_input and not (config["item_id_input"] and config["layout"] == "item_causal"):
+            raise ValueError(
+                "code_input: False leaves the item-ID embedding as a history item's only input: it needs "
+                f"item_id_input: True and layout 'item_causal', got {config['item_id_input']!r}, {config['layout']!r}"
+            )
         self.initializer_range = config["initializer_range"]
 
         self.artifact = self.load_artifact(config, dataset)
@@ -198,7 +205,9 @@ class TIGER(SequentialRecommender):
     def build_item_causal(self, config):
         """The item-causal layout's modules: code embeddings, the causal sequence encoder, the code head."""
         sizes = self.code_index.codebook_sizes
-        self.code_embedding = nn.Embedding(1 + sum(sizes), config["hidden_size"], padding_idx=0)
+        self.code_embedding = (
+            nn.Embedding(1 + sum(sizes), config["hidden_size"], padding_idx=0) if self.code_input else None
+        )
         code_starts = 1 + torch.tensor([0] + sizes[:-1]).cumsum(0)
         self.register_buffer("code_starts", code_starts, persistent=False)  # [L], token 0 = padding
         self.sequence_encoder = self.build_sequence_encoder(config, item_embedding=config["item_id_input"])
@@ -283,6 +292,8 @@ class TIGER(SequentialRecommender):
 
     def sequence_states(self, item_seq):
         """Item-causal layout: `item_seq [B, T]` -> the state of every position `[B, T, d]`."""
+        if not self.code_input:
+            return self.sequence_encoder(item_seq)
         codes = self.item_codes[item_seq]  # [B, T, L]
         tokens = (codes + self.code_starts).masked_fill(codes < 0, 0)
         return self.sequence_encoder(item_seq, self.code_embedding(tokens).sum(2))
