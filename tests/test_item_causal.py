@@ -179,6 +179,28 @@ def test_without_code_input_history_states_do_not_read_the_item_codes(fast_run_c
         assert torch.equal(states, model.sequence_encoder(item_seq))
 
 
+def test_code_input_dropout_leaves_whole_digits_out_in_training_only(fast_run_config):
+    """Each history item's input is a rescaled sum of a random subset of its digits' vectors; evaluation reads all."""
+    _, model, (_, valid_data, _) = prepared(TIGER, fast_run_config, code_input_dropout=0.5, bf16=False)
+    encoder_inputs = []
+    model.sequence_encoder.forward = lambda item_seq, extra_input=None: encoder_inputs.append(extra_input)
+    item_seq = next(iter(valid_data))[0][model.ITEM_SEQ][:2, :1]  # one history item per row
+    codes = model.item_codes[item_seq[:, 0]]  # [2, L]
+    digit_vectors = model.code_embedding(codes + model.code_starts).detach()  # [2, L, d]
+    model.eval()
+    model.sequence_states(item_seq)
+    torch.testing.assert_close(encoder_inputs[-1][:, 0], digit_vectors.sum(1))
+    model.train()
+    torch.manual_seed(0)
+    sums = set()
+    for _ in range(8):
+        model.sequence_states(item_seq)
+        kept = torch.linalg.lstsq(2 * digit_vectors[0].T, encoder_inputs[-1][0, 0].detach()).solution  # [L]
+        torch.testing.assert_close(kept, kept.round(), atol=1e-3, rtol=0)  # every digit in or out, scaled by 2
+        sums.add(tuple(kept.round().int().tolist()))
+    assert len(sums) > 1  # another subset of digits each time
+
+
 @pytest.mark.parametrize("options", [{"item_id_input": False}, {"layout": "seq2seq", "item_loss_weight": 0}])
 def test_without_code_input_the_item_id_input_is_needed(fast_run_config, options):
     with pytest.raises(ValueError, match="code_input: False leaves the item-ID embedding"):

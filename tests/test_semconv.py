@@ -190,6 +190,7 @@ def test_negative_loss_reads_the_generation_steps_log_probs(tiny_semconv, monkey
         ("item_id_output", True),
         ("code_output", False),
         ("code_input", False),
+        ("code_input_dropout", 0.5),
         ("rqvae_levels", 2),
         ("d_model", 64),
     ],

@@ -46,6 +46,7 @@ UNSUPPORTED_TIGER_OPTIONS = {
     "item_id_output": "there is no item-ID embedding to score by (see item_id_input)",
     "code_output": "there is no item-ID embedding to score by instead of the codes (see item_id_input)",
     "code_input": "a history position is the item's language-model tokens (see item_id_input)",
+    "code_input_dropout": "a history position is the item's language-model tokens (see item_id_input)",
     "semantic_quantizer": _CODES,
     "pq_digits": _CODES,
     "pq_codebook_size": _CODES,

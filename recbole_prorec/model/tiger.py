@@ -185,6 +185,9 @@ class TIGER(SequentialRecommender):
                 "code_input: False leaves the item-ID embedding as a history item's only input: it needs "
                 f"item_id_input: True and layout 'item_causal', got {config['item_id_input']!r}, {config['layout']!r}"
             )
+        self.code_input_dropout = config["code_input_dropout"] or 0.0
+        if not 0 <= self.code_input_dropout < 1:
+            raise ValueError(f"code_input_dropout must be in [0, 1), got {self.code_input_dropout}")
         self.initializer_range = config["initializer_range"]
 
         self.artifact = self.load_artifact(config, dataset)
@@ -296,7 +299,11 @@ class TIGER(SequentialRecommender):
             return self.sequence_encoder(item_seq)
         codes = self.item_codes[item_seq]  # [B, T, L]
         tokens = (codes + self.code_starts).masked_fill(codes < 0, 0)
-        return self.sequence_encoder(item_seq, self.code_embedding(tokens).sum(2))
+        code_vectors = self.code_embedding(tokens)  # [B, T, L, d]
+        if self.training and self.code_input_dropout:  # whole digits dropped, the rest rescaled
+            keep = torch.rand(codes.shape, device=codes.device) >= self.code_input_dropout
+            code_vectors = code_vectors * (keep.unsqueeze(-1) / (1.0 - self.code_input_dropout))
+        return self.sequence_encoder(item_seq, code_vectors.sum(2))
 
     def last_states(self, interaction):
         """Item-causal layout: the state after each history's last item `[B, d]`."""
