@@ -486,7 +486,8 @@ def plot_valid_curves(rows, title, path):
             by_time.plot([point[2] / 60 for point in curve], scores, marker=".", color=line.get_color())
         if record.get("valid_metrics"):
             epochs, metrics = zip(*record["valid_metrics"])
-            panels[2].plot(epochs, [m["recall@10"] for m in metrics], marker=".", color=line.get_color())
+            recall = [m["recall@10"] for m in metrics]
+            panels[2].plot(epochs, recall, marker=".", color=line.get_color(), label=label)
     by_epoch.set_xlabel("epoch")
     by_time.set_xlabel("minutes of training and validation")
     for axes in (by_epoch, by_time):
@@ -494,6 +495,7 @@ def plot_valid_curves(rows, title, path):
     if with_recall:
         panels[2].set_xlabel("epoch")
         panels[2].set_ylabel("validation R@10")
+        panels[2].legend(fontsize="x-small")  # colours repeat across many rows: name the few drawn here
     by_epoch.set_title(title)
     by_epoch.legend(fontsize="x-small")
     save_figure(fig, path)
