@@ -40,13 +40,14 @@ CODEBOOKS = "token_codebooks"
 # default (TIGER's sequence-encoder sizes are not here: they size stage 1's SASRec, PRORecTokenizer.yaml).
 _CODES = "SemConv's item codes come from SemConvTokenizer (code_levels, codebook_size, rqvae_kwargs; tokenizer_config)"
 _SEQ2SEQ = "SemConv has no seq2seq layout: the language model reads the history"
+_TOKEN_INPUT = "a history position is the item's language-model tokens (see item_id_input)"
 UNSUPPORTED_TIGER_OPTIONS = {
     "item_id_input": "a history position is the sum of the item's language-model token embeddings, no item-ID one "
     "(stage_one_item_input adds a projection of stage 1's item embedding)",
     "item_id_output": "there is no item-ID embedding to score by (see item_id_input)",
     "code_output": "there is no item-ID embedding to score by instead of the codes (see item_id_input)",
-    "code_input": "a history position is the item's language-model tokens (see item_id_input)",
-    "code_input_dropout": "a history position is the item's language-model tokens (see item_id_input)",
+    "code_input": _TOKEN_INPUT,
+    "code_input_dropout": _TOKEN_INPUT,
     "semantic_quantizer": _CODES,
     "pq_digits": _CODES,
     "pq_codebook_size": _CODES,
