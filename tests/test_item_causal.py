@@ -208,6 +208,16 @@ def test_without_code_input_the_item_id_input_is_needed(fast_run_config, options
 
 
 @pytest.mark.parametrize(
+    "model_class, options",
+    [(PRORec, {"code_input": False}), (TIGER, {"layout": "seq2seq", "item_loss_weight": 0})],
+)
+def test_code_input_dropout_needs_code_inputs_in_the_item_causal_layout(fast_run_config, model_class, options):
+    """An option that would be silently ignored is an error."""
+    with pytest.raises(ValueError, match="code_input_dropout drops the code digits"):
+        prepared(model_class, fast_run_config, code_input_dropout=0.5, **options)
+
+
+@pytest.mark.parametrize(
     "options", [{"item_id_input": False}, {"item_id_input": True, "code_head": "autoregressive", "item_loss_weight": 0}]
 )
 def test_item_id_output_needs_the_item_id_input_and_the_parallel_head(fast_run_config, options):

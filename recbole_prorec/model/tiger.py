@@ -188,6 +188,11 @@ class TIGER(SequentialRecommender):
         self.code_input_dropout = config["code_input_dropout"] or 0.0
         if not 0 <= self.code_input_dropout < 1:
             raise ValueError(f"code_input_dropout must be in [0, 1), got {self.code_input_dropout}")
+        if self.code_input_dropout and not (self.code_input and config["layout"] == "item_causal"):
+            raise ValueError(
+                "code_input_dropout drops the code digits of history items in the item-causal layout: it needs "
+                f"code_input: True and layout 'item_causal', got {config['code_input']!r}, {config['layout']!r}"
+            )
         self.initializer_range = config["initializer_range"]
 
         self.artifact = self.load_artifact(config, dataset)
