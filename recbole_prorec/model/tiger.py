@@ -305,9 +305,9 @@ class TIGER(SequentialRecommender):
         codes = self.item_codes[item_seq]  # [B, T, L]
         tokens = (codes + self.code_starts).masked_fill(codes < 0, 0)
         code_vectors = self.code_embedding(tokens)  # [B, T, L, d]
-        if self.training and self.code_input_dropout:  # whole digits dropped, the rest rescaled
-            keep = torch.rand(codes.shape, device=codes.device) >= self.code_input_dropout
-            code_vectors = code_vectors * (keep.unsqueeze(-1) / (1.0 - self.code_input_dropout))
+        if self.code_input_dropout:  # whole digits dropped in training (one mask entry per digit), the rest rescaled
+            digit_mask = code_vectors.new_ones(*codes.shape, 1)
+            code_vectors = code_vectors * F.dropout(digit_mask, self.code_input_dropout, self.training)
         return self.sequence_encoder(item_seq, code_vectors.sum(2))
 
     def last_states(self, interaction):
