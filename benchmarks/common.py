@@ -1,7 +1,7 @@
 """What every benchmark script shares: the folders, the settings every run reads, and suites and their records.
 
-`run.py` (training suites), `speed.py`, `serving.py`, `report.py` and `profile_step.py` import this module; none
-of them imports another script for these.
+`run.py` (training suites), `speed.py`, `serving.py`, `report.py`, `supersede.py` and `profile_step.py` import this
+module; none of them imports another script for these.
 """
 
 import json

@@ -20,6 +20,7 @@ import report  # noqa: E402
 import run as runner  # noqa: E402
 import serving  # noqa: E402
 import speed  # noqa: E402
+import supersede  # noqa: E402
 
 
 @pytest.fixture
@@ -107,6 +108,56 @@ def test_runner_records_a_run_then_skips_it_and_adopts_orphaned_records(bench_di
     assert runner.main(["--suite", "tiny"]) == 0
     adopted = json.loads((results / "tiny.jsonl").read_text())
     assert adopted["finished_at"] == record["finished_at"]
+
+
+def test_supersede_copies_a_rows_records_and_archives_the_old_ones(tmp_path, monkeypatch):
+    suites, results = tmp_path / "suites", tmp_path / "results"
+    suites.mkdir()
+    monkeypatch.setattr(common, "SUITES", suites)
+    monkeypatch.setattr(common, "RESULTS", results)
+    main = {"datasets": ["d"], "seeds": [1, 2], "config": {"epochs": 10}, "runs": [{"model": "M"}, {"model": "S"}]}
+    lever = {"datasets": ["d"], "seeds": [1, 2], "runs": [{"model": "M", "label": "short", "config": {"epochs": 10}}]}
+    (suites / "main.yaml").write_text(yaml.safe_dump(main))
+    (suites / "lever.yaml").write_text(yaml.safe_dump(lever))
+
+    def record(suite, spec, score):
+        return {
+            "key": spec["key"],
+            "suite": suite,
+            "label": spec["label"],
+            "dataset": "d",
+            "seed": spec["seed"],
+            "overrides": spec["overrides"],
+            "config_files": [],
+            "best_valid_score": score,
+        }
+
+    results.mkdir()
+    old = {s["label"]: s for s in common.plan(main, seeds=[1])}
+    (results / "main.jsonl").write_text("".join(json.dumps(record("main", old[k], 0.1)) + "\n" for k in ("M", "S")))
+    lever_records = [record("lever", spec, 0.2 + spec["seed"]) for spec in common.plan(lever)]
+    (results / "lever.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lever_records))
+
+    assert supersede.main(["--into", "main", "M", "--from", "lever", "short", "--archive", "old.jsonl"]) == 0
+    rows = [json.loads(line) for line in (results / "main.jsonl").read_text().splitlines()]
+    assert [(r["label"], r["seed"], r["best_valid_score"]) for r in rows] == [
+        ("S", 1, 0.1),
+        ("M", 1, 1.2),
+        ("M", 2, 2.2),
+    ]
+    assert rows[1]["key"] == old["M"]["key"] and rows[1]["copied_from"] == f"lever:{lever_records[0]['key']}"
+    assert rows[1]["suite"] == "main"
+    (archived,) = [json.loads(line) for line in (results / "archive" / "old.jsonl").read_text().splitlines()]
+    assert archived["label"] == "M" and archived["best_valid_score"] == 0.1
+
+    lever["runs"][0]["config"]["epochs"] = 40  # a different run: refused unless the difference is accepted
+    (suites / "lever.yaml").write_text(yaml.safe_dump(lever))
+    changed = [{**r, "overrides": {**r["overrides"], "epochs": 40}} for r in lever_records]
+    (results / "lever.jsonl").write_text("".join(json.dumps(r) + "\n" for r in changed))
+    with pytest.raises(SystemExit, match="epochs: 10 here, 40 in the source"):
+        supersede.main(["--into", "main", "M", "--from", "lever", "short", "--archive", "old.jsonl"])
+    with pytest.raises(SystemExit, match="no 'short' record for d seed 3"):
+        supersede.main(["--into", "main", "M", "--from", "lever", "short", "--archive", "old.jsonl", "--seeds", "3"])
 
 
 def test_records_keep_paths_relative_to_the_checkout():
