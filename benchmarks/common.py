@@ -1,7 +1,7 @@
 """What every benchmark script shares: the folders, the settings every run reads, and suites and their records.
 
-`run.py` (training suites), `speed.py`, `serving.py`, `report.py`, `supersede.py` and `profile_step.py` import this
-module; none of them imports another script for these.
+`run.py` (training suites), `speed.py`, `serving.py`, `report.py`, `supersede.py`, `rekey.py` and `profile_step.py`
+import this module; none of them imports another script for these.
 """
 
 import json
@@ -94,6 +94,21 @@ def finished_keys(results_file):
                 except (json.JSONDecodeError, KeyError) as error:
                     raise SystemExit(f"{results_file}:{number}: not a run record ({error})") from None
     return keys
+
+
+def read_records(results_file):
+    """Every record of a suite's JSONL file, in order (a missing file holds none; a broken line is named)."""
+    if not results_file.is_file():
+        return []
+    records = []
+    with open(results_file, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise SystemExit(f"{results_file}:{number}: not JSON ({error})") from None
+    return records
 
 
 def git_commit():

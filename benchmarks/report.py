@@ -15,6 +15,7 @@ import json
 import pathlib
 import statistics
 
+import common
 import yaml
 from common import BENCHMARKS
 
@@ -50,18 +51,7 @@ SUMMARY_HEADER = [
 
 def read_records(results_dir):
     """{suite: [record, ...]} from every JSONL file, with file:line in the error for a broken line."""
-    records = {}
-    for path in sorted(pathlib.Path(results_dir).glob("*.jsonl")):
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as error:
-                        raise SystemExit(f"{path}:{number}: not JSON ({error})") from None
-        records[path.stem] = rows
-    return records
+    return {path.stem: common.read_records(path) for path in sorted(pathlib.Path(results_dir).glob("*.jsonl"))}
 
 
 def load_yaml(path):

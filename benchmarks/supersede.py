@@ -24,14 +24,6 @@ import common
 from recbole_prorec.utils import write_atomically
 
 
-def read_records(path):
-    """Every record of a JSONL results file, in order (a missing file holds none)."""
-    if not path.is_file():
-        return []
-    common.finished_keys(path)  # names the line of a broken record
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def setting_differences(target, source):
     """`key: target value != source value` for every suite setting the two runs do not share."""
     left = {**target["overrides"], "config_files": target["config_files"]}
@@ -49,7 +41,7 @@ def supersede(into, into_label, source, source_label, archive, seeds=None, accep
     if not targets:
         raise SystemExit(f"suite {into} has no run labelled {into_label!r} (benchmarks/suites/{into}.yaml)")
     source_file = common.RESULTS / f"{source}.jsonl"
-    by_run = {(r["dataset"], r["seed"]): r for r in read_records(source_file) if r["label"] == source_label}
+    by_run = {(r["dataset"], r["seed"]): r for r in common.read_records(source_file) if r["label"] == source_label}
     missing = [f"{t['dataset']} seed {t['seed']}" for t in targets if (t["dataset"], t["seed"]) not in by_run]
     if missing:
         raise SystemExit(f"{source_file} has no {source_label!r} record for {', '.join(missing)}")
@@ -63,7 +55,7 @@ def supersede(into, into_label, source, source_label, archive, seeds=None, accep
     into_file = common.RESULTS / f"{into}.jsonl"
     replaced = {(t["dataset"], t["seed"]) for t in targets}
     kept, superseded = [], []
-    for record in read_records(into_file):
+    for record in common.read_records(into_file):
         same_row = record["label"] == into_label and (record["dataset"], record["seed"]) in replaced
         (superseded if same_row else kept).append(record)
     copies = []

@@ -16,6 +16,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import common  # noqa: E402
 import hits_by_popularity  # noqa: E402
+import rekey  # noqa: E402
 import report  # noqa: E402
 import run as runner  # noqa: E402
 import serving  # noqa: E402
@@ -158,6 +159,26 @@ def test_supersede_copies_a_rows_records_and_archives_the_old_ones(tmp_path, mon
         supersede.main(["--into", "main", "M", "--from", "lever", "short", "--archive", "old.jsonl"])
     with pytest.raises(SystemExit, match="no 'short' record for d seed 3"):
         supersede.main(["--into", "main", "M", "--from", "lever", "short", "--archive", "old.jsonl", "--seeds", "3"])
+
+
+def test_rekey_moves_records_to_the_keys_of_a_pinned_suite_and_keeps_the_old_ones(tmp_path, monkeypatch):
+    suites, results = tmp_path / "suites", tmp_path / "results"
+    suites.mkdir()
+    results.mkdir()
+    monkeypatch.setattr(common, "SUITES", suites)
+    monkeypatch.setattr(common, "RESULTS", results)
+    old = {"datasets": ["d"], "seeds": [1], "runs": [{"model": "M", "label": "lever"}, {"model": "S"}]}
+    records = [{"key": spec["key"], "label": spec["label"], "seed": 1} for spec in common.plan(old)]
+    (results / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    pinned = {**old, "runs": [{"model": "M", "label": "lever", "config": {"epochs": 40}}, {"model": "S"}]}
+    (suites / "s.yaml").write_text(yaml.safe_dump(pinned))
+
+    assert rekey.rekey("s", old) == 1
+    lever, untouched = [json.loads(line) for line in (results / "s.jsonl").read_text().splitlines()]
+    assert lever["key"] == common.plan(pinned)[0]["key"] and lever["recorded_as"] == records[0]["key"]
+    assert untouched == records[1]
+    assert common.finished_keys(results / "s.jsonl") == {spec["key"] for spec in common.plan(pinned)}  # not re-run
+    assert rekey.rekey("s", old) == 0  # already moved: the records are no longer the old plan's
 
 
 def test_records_keep_paths_relative_to_the_checkout():
