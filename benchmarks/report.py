@@ -315,8 +315,9 @@ def versus_cells(ours, other):
 
 
 def matches_published(label, model):
-    """Whether our row `label` runs the published `model`: the same name, or the name and a note in parentheses."""
-    return label == model or label.startswith(f"{model} (")
+    """Whether our row `label` runs the published `model`: the same name, the name and a note in parentheses, or
+    our reimplementation of its recipe named `<model>-style` (RPG-style: RPG's recipe over our codes)."""
+    return label in (model, f"{model}-style") or label.startswith((f"{model} (", f"{model}-style ("))
 
 
 def published_lines(dataset, rows, references):

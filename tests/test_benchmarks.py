@@ -364,6 +364,8 @@ def test_head_to_head_sets_each_row_against_every_row_it_names_and_beside_its_pu
     assert published == [
         ["d", "Gen (text) (1 seed)", "0.0500", "0.0200", "10", "Gen (its paper)", "0.0600 / 0.0250", "-20.0%"]
     ]
+    assert report.matches_published("RPG-style (text codes)", "RPG") and report.matches_published("RPG-style", "RPG")
+    assert not report.matches_published("RPGX (text codes)", "RPG") and not report.matches_published("SASRec", "RPG")
 
 
 def test_summary_suites_count_the_proposed_models_stage_one_among_the_baselines():
