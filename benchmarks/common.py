@@ -81,34 +81,40 @@ def _digest(settings):
     return settings_digest(settings)
 
 
-def finished_keys(results_file):
-    """Keys of the runs already recorded in a suite's JSONL file."""
+def numbered_records(results_file):
+    """`(line number, record)` for every record of a suite's JSONL file (a missing file holds none); a line that is
+    not JSON stops with its file and line."""
     if not results_file.is_file():
-        return set()
-    keys = set()
+        return
     with open(results_file, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    keys.add(json.loads(line)["key"])
-                except (json.JSONDecodeError, KeyError) as error:
-                    raise SystemExit(f"{results_file}:{number}: not a run record ({error})") from None
-    return keys
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise SystemExit(f"{results_file}:{number}: not JSON ({error})") from None
 
 
 def read_records(results_file):
-    """Every record of a suite's JSONL file, in order (a missing file holds none; a broken line is named)."""
-    if not results_file.is_file():
-        return []
-    records = []
-    with open(results_file, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise SystemExit(f"{results_file}:{number}: not JSON ({error})") from None
-    return records
+    """Every record of a suite's JSONL file, in order."""
+    return [record for _, record in numbered_records(results_file)]
+
+
+def finished_keys(results_file):
+    """Keys of the runs already recorded in a suite's JSONL file."""
+    keys = set()
+    for number, record in numbered_records(results_file):
+        if "key" not in record:
+            raise SystemExit(f"{results_file}:{number}: not a run record (no 'key')")
+        keys.add(record["key"])
+    return keys
+
+
+def write_records(results_file, records):
+    """Replace a JSONL file by `records`, one per line, atomically (a crash leaves the old file whole)."""
+    from recbole_prorec.utils import write_atomically
+
+    write_atomically(results_file, "".join(json.dumps(record) + "\n" for record in records))
 
 
 def git_commit():

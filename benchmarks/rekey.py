@@ -10,14 +10,11 @@ seed, and keeps the old one as `recorded_as`. The results file is written atomic
 """
 
 import argparse
-import json
 import subprocess
 import sys
 
 import common
 import yaml
-
-from recbole_prorec.utils import write_atomically
 
 
 def suite_at(revision, name):
@@ -52,7 +49,7 @@ def rekey(name, old_suite, seeds=None):
             moved += 1
         records.append(record)
     if moved:
-        write_atomically(results_file, "".join(json.dumps(r) + "\n" for r in records))
+        common.write_records(results_file, records)
     return moved
 
 

@@ -16,12 +16,9 @@ example a pinned `tokenizer_config` that equals stage 1's own). Both result file
 """
 
 import argparse
-import json
 import sys
 
 import common
-
-from recbole_prorec.utils import write_atomically
 
 
 def setting_differences(target, source):
@@ -73,9 +70,8 @@ def supersede(into, into_label, source, source_label, archive, seeds=None, accep
         )
     if superseded:
         archive_file = common.RESULTS / "archive" / archive
-        lines = archive_file.read_text(encoding="utf-8") if archive_file.is_file() else ""
-        write_atomically(archive_file, lines + "".join(json.dumps(r) + "\n" for r in superseded))
-    write_atomically(into_file, "".join(json.dumps(r) + "\n" for r in kept + copies))
+        common.write_records(archive_file, common.read_records(archive_file) + superseded)
+    common.write_records(into_file, kept + copies)
     return len(copies), len(superseded)
 
 
